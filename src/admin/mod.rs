@@ -1,0 +1,202 @@
+//! The admin HTTP API (axum): routing, bearer-token authentication, roles
+//! and JSON errors. Handlers live in [`routes`].
+//!
+//! Invariants: `/healthz` and `/metrics` answer without a token (scrapers);
+//! every `/v1` route needs one. Tokens are hashed and compared to every
+//! configured hash in constant time. Every error is `{"error": "..."}` with
+//! the right status: 400 bad input, 401 no or invalid token, 403 role, 404,
+//! 409 conflict, 503 audit log unavailable.
+
+mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+use crate::api::ErrorBody;
+use crate::config::{Role, TokenHash};
+use crate::gateway::{Gateway, OpError};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy)]
+pub enum Surface {
+    /// The whole API plus `/metrics` and `/healthz`.
+    Full,
+    /// Only `/metrics` and `/healthz` (the optional `metrics_listen`).
+    MetricsOnly,
+}
+
+/// Serve the API on `listener` until shutdown.
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, surface: Surface) {
+    let stop = gw.shutdown.clone();
+    let app = router(gw, surface);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+/// The router, for embedding and tests.
+pub fn router(gw: Arc<Gateway>, surface: Surface) -> Router {
+    let base = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics));
+    let app = match surface {
+        Surface::MetricsOnly => base,
+        Surface::Full => base
+            .route(
+                "/v1/grants",
+                get(routes::list_grants).post(routes::create_grant),
+            )
+            .route("/v1/grants/{id}", delete(routes::revoke_grant))
+            .route("/v1/sessions", get(routes::list_sessions))
+            .route("/v1/sessions/{id}", delete(routes::kill_session)),
+    };
+    app.fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(gw)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    match &gw.prometheus {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed",
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// An API error: status and one line.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with a status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        let status = match &e {
+            OpError::NotFound(_) => StatusCode::NOT_FOUND,
+            OpError::Invalid(_) => StatusCode::BAD_REQUEST,
+            OpError::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// The authenticated caller of a `/v1` route.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The user's name.
+    pub name: String,
+    roles: Vec<Role>,
+}
+
+impl Caller {
+    /// Whether the caller holds `role` (admin holds every role).
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+    }
+
+    /// 403 unless the caller holds `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.has(role) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("user {:?} lacks the {role:?} role", self.name).to_lowercase(),
+            ))
+        }
+    }
+
+    /// Whether the caller may see everyone's grants and sessions.
+    pub fn sees_all(&self) -> bool {
+        self.has(Role::Approver)
+    }
+}
+
+impl FromRequestParts<Arc<Gateway>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, ApiError> {
+        let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid token");
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unauthorized)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(unauthorized)?;
+        let presented = TokenHash::of_token(token);
+        // Compare against every user, in constant time, without stopping
+        // at the first match.
+        let mut found = None;
+        for u in &gw.config.users {
+            if u.token_sha256.get_ref().ct_eq(&presented) {
+                found = Some(u);
+            }
+        }
+        let u = found.ok_or_else(unauthorized)?;
+        Ok(Caller {
+            name: u.name().to_string(),
+            roles: u.roles.clone(),
+        })
+    }
+}

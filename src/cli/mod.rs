@@ -1,0 +1,220 @@
+//! The command line: `serve`, `check-config`, and the client commands that
+//! talk to the admin API. Errors are one clear line on stderr and a
+//! non-zero exit code; tables for people, `--json` for scripts.
+
+mod client;
+mod serve;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::HumanDuration;
+
+/// jitgate: just-in-time access to databases and servers.
+#[derive(Debug, Parser)]
+#[command(name = "jitgate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of the client commands.
+#[derive(Debug, Args, Clone)]
+pub struct ApiArgs {
+    /// Admin API address.
+    #[arg(
+        long,
+        global = true,
+        env = "JITGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    admin_url: String,
+    /// API token (printed by `jitgate token new`).
+    #[arg(long, global = true, env = "JITGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short, default_value = "jitgate.toml")]
+        config: PathBuf,
+        /// Log format (RUST_LOG filters what is logged, default "info").
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a configuration file; print each error with file:line:column.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Create a break-glass grant (admin), audited as such.
+    Grant {
+        /// The user the grant is for.
+        principal: String,
+        /// The resource it opens.
+        resource: String,
+        /// How long, e.g. 30m or 2h.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: HumanDuration,
+        /// Database login to admit (repeatable); default: all of the user's logins.
+        #[arg(long = "login", value_name = "NAME")]
+        logins: Vec<String>,
+        /// Client network to admit, for ssh/tcp resources (repeatable).
+        #[arg(long = "source", value_name = "CIDR")]
+        sources: Vec<String>,
+        /// Why (required, recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// List grants.
+    Grants,
+    /// Revoke a grant: every session on it is closed before this returns.
+    Revoke {
+        /// The grant's id.
+        grant_id: String,
+        /// Why (shown to the client and audited).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List live sessions.
+    Sessions,
+    /// Kill one session.
+    Kill {
+        /// The session's id.
+        session_id: String,
+        /// Why (shown to the client and audited).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a new token and the `token_sha256` line for the config.
+    New {
+        /// The user the token is for.
+        name: String,
+    },
+}
+
+/// Run the command line; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let api = cli.api;
+    match cli.command {
+        Command::Serve { config, log_format } => return serve::run(&config, log_format),
+        Command::CheckConfig { file } => return Ok(check_config(&file)),
+        Command::Token {
+            command: TokenCommand::New { name },
+        } => {
+            token_new(&name, api.json);
+            Ok(())
+        }
+        Command::Grant {
+            principal,
+            resource,
+            duration,
+            logins,
+            sources,
+            reason,
+        } => {
+            let body = crate::api::CreateGrant {
+                principal,
+                resource,
+                duration,
+                logins: (!logins.is_empty()).then_some(logins),
+                sources,
+                reason,
+            };
+            runtime()?.block_on(client::grant(&api, body))
+        }
+        Command::Grants => runtime()?.block_on(client::grants(&api)),
+        Command::Revoke { grant_id, reason } => {
+            runtime()?.block_on(client::revoke(&api, &grant_id, &reason))
+        }
+        Command::Sessions => runtime()?.block_on(client::sessions(&api)),
+        Command::Kill { session_id, reason } => {
+            runtime()?.block_on(client::kill(&api, &session_id, &reason))
+        }
+    }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match crate::config::load_file(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} resources, {} users)",
+                file.display(),
+                c.resources.len(),
+                c.users.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token_new(name: &str, json: bool) {
+    let bytes: [u8; 32] = rand::random();
+    let token = format!("jgt_{}", hex::encode(bytes));
+    let hash = crate::config::TokenHash::of_token(&token).to_hex();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"name": name, "token": token, "token_sha256": hash})
+        );
+    } else {
+        println!("token for {name}: {token}");
+        println!(
+            "give the token to {name} (export JITGATE_TOKEN=...); paste into their [[user]] entry:"
+        );
+        println!("token_sha256 = \"{hash}\"");
+    }
+}

@@ -1,0 +1,335 @@
+//! Reading a configuration file: TOML parsing, then the semantic checks that
+//! types alone cannot express (unique names, supported protocols, sane
+//! bounds). Every error names file, line and column so `check-config` output
+//! can be clicked in an editor. A file with any error is rejected whole.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use super::{Config, Protocol};
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given.
+    pub file: String,
+    /// 1-based line (0 when the error has no position, e.g. an unreadable file).
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in a file (at least one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Read and validate the file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse_str(&src, &file)
+}
+
+/// Parse and validate `src`; `file` is only used in error messages.
+pub fn parse_str(src: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors {
+        src,
+        file,
+        list: Vec::new(),
+    };
+    let config: Config = match toml::from_str(src) {
+        Ok(c) => c,
+        Err(e) => {
+            // toml's message is multi-line with a snippet; the first line
+            // after the location header is the useful part.
+            errs.push(e.span().unwrap_or(0..0), e.message().trim().to_string());
+            return Err(ConfigErrors(errs.list));
+        }
+    };
+    validate(&config, &mut errs);
+    if errs.list.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errs.list))
+    }
+}
+
+struct Errors<'a> {
+    src: &'a str,
+    file: &'a str,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, span: Range<usize>, message: String) {
+        let (line, column) = if span.start == 0 && span.end == 0 {
+            (0, 0)
+        } else {
+            line_col(self.src, span.start)
+        };
+        self.list.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message,
+        });
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_col(src: &str, at: usize) -> (usize, usize) {
+    let before = src.get(..at.min(src.len())).unwrap_or(src);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn validate(c: &Config, errs: &mut Errors<'_>) {
+    let g = &c.gateway;
+    if g.handshake_timeout.0.is_zero() {
+        errs.push(
+            0..0,
+            "gateway.handshake_timeout must be greater than 0s".into(),
+        );
+    }
+    if g.backend_connect_timeout.0.is_zero() {
+        errs.push(
+            0..0,
+            "gateway.backend_connect_timeout must be greater than 0s".into(),
+        );
+    }
+    if g.expiry_warnings.iter().any(|d| d.0.is_zero()) {
+        errs.push(
+            0..0,
+            "gateway.expiry_warnings: every lead time must be greater than 0s".into(),
+        );
+    }
+    if !(1024..=1 << 20).contains(&g.relay_buffer_size) {
+        errs.push(
+            0..0,
+            "gateway.relay_buffer_size must be between 1024 and 1048576".into(),
+        );
+    }
+
+    let mut names = HashSet::new();
+    let mut listens = HashSet::new();
+    for r in &c.resources {
+        if !valid_name(r.name()) {
+            errs.push(
+                r.name.span(),
+                format!(
+                    "resource name {:?} must be 1-64 letters, digits, '-', '_' or '.'",
+                    r.name()
+                ),
+            );
+        }
+        if !names.insert(r.name()) {
+            errs.push(
+                r.name.span(),
+                format!("duplicate resource name {:?}", r.name()),
+            );
+        }
+        if !r.protocol().is_supported() {
+            errs.push(
+                r.protocol.span(),
+                format!(
+                    "protocol {:?} is not supported by this build yet (supported: postgres)",
+                    r.protocol().as_str()
+                ),
+            );
+        }
+        let listen = r.listen();
+        if listen.port() != 0 && !listens.insert(listen) {
+            errs.push(
+                r.listen.span(),
+                format!("listen address {listen} is used twice"),
+            );
+        }
+        if listen == g.admin_listen || Some(listen) == g.metrics_listen {
+            errs.push(
+                r.listen.span(),
+                format!("listen address {listen} is also the admin or metrics address"),
+            );
+        }
+        if !backend_looks_valid(r.backend()) {
+            errs.push(
+                r.backend.span(),
+                format!("backend {:?} must be host:port", r.backend()),
+            );
+        }
+        if r.max_session().is_zero() {
+            errs.push(
+                r.max_session.span(),
+                "max_session must be greater than 0s".into(),
+            );
+        }
+        if r.protocol() == Protocol::Postgres && r.backend().is_empty() {
+            errs.push(r.backend.span(), "backend must not be empty".into());
+        }
+    }
+
+    let mut users = HashSet::new();
+    let mut hashes: Vec<&super::TokenHash> = Vec::new();
+    for u in &c.users {
+        if !valid_name(u.name()) {
+            errs.push(
+                u.name.span(),
+                format!(
+                    "user name {:?} must be 1-64 letters, digits, '-', '_' or '.'",
+                    u.name()
+                ),
+            );
+        }
+        if !users.insert(u.name()) {
+            errs.push(u.name.span(), format!("duplicate user name {:?}", u.name()));
+        }
+        let h = u.token_sha256.get_ref();
+        if hashes.iter().any(|o| o.ct_eq(h)) {
+            errs.push(
+                u.token_sha256.span(),
+                format!("user {:?} shares its token with another user", u.name()),
+            );
+        }
+        hashes.push(h);
+        if u.logins.iter().any(|l| l.is_empty() || l.contains('\0')) {
+            errs.push(
+                u.name.span(),
+                format!("user {:?}: logins must be non-empty text", u.name()),
+            );
+        }
+    }
+}
+
+fn backend_looks_valid(b: &str) -> bool {
+    match b.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_chars() {
+        let src = "a = 1\nbé = 2\n";
+        assert_eq!(line_col(src, 0), (1, 1));
+        assert_eq!(line_col(src, 6), (2, 1));
+        // 'é' is two bytes but one column.
+        assert_eq!(line_col(src, 9), (2, 3));
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse_str("", "x.toml").unwrap();
+        assert_eq!(c.gateway.handshake_timeout.0.as_secs(), 10);
+        assert_eq!(c.gateway.expiry_warnings.len(), 2);
+        assert!(c.resources.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_position() {
+        let src = "[gateway]\nstate_dir = \"x\"\nhandshake_timeuot = \"5s\"\n";
+        let e = parse_str(src, "bad.toml").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        let e = &e.0[0];
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
+        assert!(e.message.contains("handshake_timeuot"), "{e}");
+        assert!(e.to_string().starts_with("bad.toml:3:1: "), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let src = r#"
+[[resource]]
+name = "pg"
+protocol = "postgres"
+listen = "127.0.0.1:7000"
+backend = "127.0.0.1:5432"
+
+[[resource]]
+name = "pg"
+protocol = "mysql"
+listen = "127.0.0.1:7000"
+backend = "nowhere"
+"#;
+        let e = parse_str(src, "f.toml").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("f.toml:9:8: duplicate resource name \"pg\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.toml:10:12: protocol \"mysql\" is not supported"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.toml:11:10: listen address 127.0.0.1:7000 is used twice"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.toml:12:11: backend \"nowhere\" must be host:port"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_and_hash_are_errors() {
+        let e = parse_str("[gateway]\nhandshake_timeout = \"soon\"\n", "f").unwrap_err();
+        assert!(e.to_string().contains("f:2:21: invalid duration"), "{e}");
+        let e = parse_str("[[user]]\nname = \"a\"\ntoken_sha256 = \"abc\"\n", "f").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("f:3:16: token_sha256 must be 64 hex digits"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Per-session enforcement clock: when must this session end, and when must
+//! its user be warned?
+//!
+//! One [`Enforcer`] per session, polled by the protocol relay inside its
+//! `select!`. It owns a single pinned timer, re-armed only when it fires or
+//! the grant's deadline moves, so a busy relay pays nothing per chunk for it.
+//! Invariant: [`Enforcer::next`] is cancel-safe (all state lives in `self`),
+//! and it reports an end for whichever comes first: the session's token
+//! (revoke, kill, shutdown), the effective deadline (grant or `max_session`),
+//! or idleness.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::ending::EndReason;
+use crate::sessions::Session;
+
+/// What the enforcer asks the relay to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforcement {
+    /// End the session now; `since` is when the cause happened.
+    End {
+        /// Why.
+        reason: EndReason,
+        /// When the cause happened (deadline passed, revoke decided).
+        since: std::time::Instant,
+    },
+    /// Tell the user access ends soon (protocols with in-band notices).
+    Warn {
+        /// Time left.
+        remaining: Duration,
+        /// The effective deadline.
+        at: SystemTime,
+    },
+}
+
+/// The enforcement clock of one session.
+pub struct Enforcer {
+    session: Arc<Session>,
+    idle: Option<Duration>,
+    /// Lead times, longest first.
+    warnings: Vec<Duration>,
+    /// Index in `warnings` of the next warning to give.
+    next_warning: usize,
+    warn_now: bool,
+    deadline_rx: watch::Receiver<SystemTime>,
+    deadline_open: bool,
+    timer: Pin<Box<Sleep>>,
+}
+
+/// Convert a wall-clock time to a tokio instant (past times map to now).
+fn instant_at(t: SystemTime) -> Instant {
+    Instant::now()
+        + t.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+}
+
+/// The std instant at which wall-clock `t` happened (for lag measurement).
+fn std_instant_at(t: SystemTime) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    match SystemTime::now().duration_since(t) {
+        Ok(ago) => now.checked_sub(ago).unwrap_or(now),
+        Err(_) => now,
+    }
+}
+
+impl Enforcer {
+    /// A clock for `session`; `warnings` are the lead times of in-band
+    /// notices (pass none for protocols that have no notices).
+    pub fn new(session: Arc<Session>, idle: Option<Duration>, warnings: &[Duration]) -> Self {
+        let mut w: Vec<Duration> = warnings.to_vec();
+        w.sort_unstable_by(|a, b| b.cmp(a));
+        w.dedup();
+        let deadline_rx = session.grant.subscribe_deadline();
+        let mut e = Enforcer {
+            session,
+            idle,
+            warnings: w,
+            next_warning: 0,
+            warn_now: false,
+            deadline_rx,
+            deadline_open: true,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+        };
+        // Lead times already passed at the start collapse into one notice
+        // given right away: the user learns at once that little time is left.
+        e.skip_passed_warnings();
+        e.warn_now = e.next_warning > 0;
+        e.rearm();
+        e
+    }
+
+    fn remaining(&self) -> Duration {
+        self.session
+            .deadline()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn skip_passed_warnings(&mut self) {
+        let left = self.remaining();
+        self.next_warning = self.warnings.iter().take_while(|&&w| w >= left).count();
+    }
+
+    fn rearm(&mut self) {
+        let deadline = self.session.deadline();
+        let mut at = instant_at(deadline);
+        if let Some(w) = self.warnings.get(self.next_warning) {
+            let warn_at = deadline.checked_sub(*w).unwrap_or(deadline);
+            at = at.min(instant_at(warn_at));
+        }
+        if let Some(idle) = self.idle {
+            at = at.min(Instant::from_std(self.session.last_active()) + idle);
+        }
+        self.timer.as_mut().reset(at);
+    }
+
+    /// Check the clock now: an end, a warning, or nothing (timer re-armed).
+    fn evaluate(&mut self) -> Option<Enforcement> {
+        let now = SystemTime::now();
+        let grant_deadline = self.session.grant.expires_at();
+        let cap = self.session.max_session_deadline;
+        if now >= grant_deadline.min(cap) {
+            let (reason, at) = if grant_deadline <= cap {
+                (EndReason::Expired, grant_deadline)
+            } else {
+                let len = cap
+                    .duration_since(self.session.started_at)
+                    .unwrap_or(Duration::ZERO);
+                (EndReason::MaxSession(len), cap)
+            };
+            return Some(Enforcement::End {
+                reason,
+                since: std_instant_at(at),
+            });
+        }
+        if let Some(idle) = self.idle {
+            if self.session.idle_for() >= idle {
+                return Some(Enforcement::End {
+                    reason: EndReason::Idle(idle),
+                    since: self.session.last_active() + idle,
+                });
+            }
+        }
+        if self.warn_now || self.warning_due() {
+            self.warn_now = false;
+            self.skip_passed_warnings();
+            self.rearm();
+            return Some(Enforcement::Warn {
+                remaining: self.remaining(),
+                at: self.session.deadline(),
+            });
+        }
+        self.rearm();
+        None
+    }
+
+    fn warning_due(&self) -> bool {
+        self.warnings
+            .get(self.next_warning)
+            .is_some_and(|w| self.remaining() <= *w)
+    }
+
+    /// Wait for the next thing the relay must act on. Cancel-safe.
+    pub async fn next(&mut self) -> Enforcement {
+        if self.warn_now {
+            if let Some(e) = self.evaluate() {
+                return e;
+            }
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.session.token().cancelled() => {
+                    let (reason, since) = self
+                        .session
+                        .end_reason()
+                        .unwrap_or((EndReason::Shutdown, None));
+                    return Enforcement::End {
+                        reason,
+                        since: since.unwrap_or_else(std::time::Instant::now),
+                    };
+                }
+                _ = self.timer.as_mut() => {
+                    if let Some(e) = self.evaluate() {
+                        return e;
+                    }
+                }
+                r = self.deadline_rx.changed(), if self.deadline_open => {
+                    if r.is_err() {
+                        // The grant is gone from memory; its token decides.
+                        self.deadline_open = false;
+                    }
+                    // A moved deadline (extension): warnings restart from
+                    // the lead times still ahead.
+                    self.skip_passed_warnings();
+                    self.rearm();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The gateway's shared state and the operations that change access:
+//! creating and revoking grants, killing sessions, recording session ends.
+//!
+//! Every operation here writes its audit event before it returns, so the
+//! admin API acknowledges only what is on record. The root of the
+//! cancellation tree (`shutdown`) lives here: process shutdown → grant →
+//! session.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{AuditLog, Event};
+use crate::config::Config;
+use crate::ending::EndReason;
+use crate::grants::{Grant, GrantId, GrantTable, NewGrant};
+use crate::metrics as m;
+use crate::postgres::cancel::CancelKeys;
+use crate::sessions::{wait_closed, Session, SessionId, SessionRegistry};
+
+/// How long a revoke or kill waits for sockets to close before answering.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors of the access operations, mapped to HTTP statuses by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The request names something that is not there.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed or not allowed by the configuration.
+    #[error("{0}")]
+    Invalid(String),
+    /// The audit log cannot be written; nothing was done (fail closed).
+    #[error("audit log unavailable, nothing was changed: {0}")]
+    Audit(#[from] std::io::Error),
+}
+
+/// Everything a connection or an API call needs.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// Grants.
+    pub grants: Arc<GrantTable>,
+    /// Live sessions.
+    pub sessions: Arc<SessionRegistry>,
+    /// Audit log.
+    pub audit: AuditLog,
+    /// PostgreSQL cancel keys.
+    pub cancel_keys: Arc<CancelKeys>,
+    /// Root of the cancellation tree: cancelled on shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Renders `/metrics`.
+    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl Gateway {
+    /// Build the state for `config`; opens the audit log.
+    pub fn new(config: Config) -> std::io::Result<Gateway> {
+        let shutdown = CancellationToken::new();
+        let audit = AuditLog::open(&config.gateway.state_dir)?;
+        Ok(Gateway {
+            grants: Arc::new(GrantTable::new(shutdown.clone())),
+            sessions: Arc::new(SessionRegistry::new()),
+            audit,
+            cancel_keys: Arc::new(CancelKeys::new()),
+            shutdown,
+            tracker: TaskTracker::new(),
+            prometheus: m::install(),
+            config: Arc::new(config),
+        })
+    }
+
+    /// Create a grant (audited as `grant.created`).
+    pub fn create_grant(&self, new: NewGrant) -> Result<Arc<Grant>, OpError> {
+        let resource = self
+            .config
+            .resource(&new.resource)
+            .ok_or_else(|| OpError::NotFound(format!("no resource named {:?}", new.resource)))?;
+        if new.duration.is_zero() {
+            return Err(OpError::Invalid("duration must be greater than 0s".into()));
+        }
+        if new.duration > Duration::from_secs(366 * 24 * 3600) {
+            return Err(OpError::Invalid("duration must be at most one year".into()));
+        }
+        if new.reason.trim().is_empty() {
+            return Err(OpError::Invalid("a reason is required".into()));
+        }
+        let user = self.config.user(&new.principal).ok_or_else(|| {
+            OpError::Invalid(format!(
+                "no user named {:?} in the configuration",
+                new.principal
+            ))
+        })?;
+        if new.logins.is_empty() && resource.protocol().is_supported() {
+            return Err(OpError::Invalid(format!(
+                "no login to grant: give --login or list logins for user {:?}",
+                new.principal
+            )));
+        }
+        if let Some(l) = new.logins.iter().find(|l| !user.logins.contains(l)) {
+            return Err(OpError::Invalid(format!(
+                "login {l:?} is not among the logins of user {:?}",
+                new.principal
+            )));
+        }
+        // The record is written before the grant can admit anyone.
+        let mut e = Event::new("grant.created");
+        e.principal = Some(new.principal.clone());
+        e.resource = Some(new.resource.clone());
+        e.actor = Some(new.actor.clone());
+        e.reason = Some(new.reason.clone());
+        e.duration_ms = Some(u64::try_from(new.duration.as_millis()).unwrap_or(u64::MAX));
+        e.login = Some(new.logins.join(","));
+        let grant = self.grants.insert(new);
+        e.grant_id = Some(grant.id);
+        e.expires_at = Some(grant.expires_at());
+        e.outcome = Some("break_glass");
+        if let Err(err) = self.audit.write(e) {
+            self.grants.remove(&grant.id, EndReason::Error);
+            return Err(err.into());
+        }
+        m::grants_active(self.grants.len());
+        tracing::info!(grant = %grant.id, principal = %grant.principal, resource = %grant.resource, "grant created");
+        Ok(grant)
+    }
+
+    /// Revoke a grant: end it, close every session on it, and answer with
+    /// the number of sessions closed once their sockets are closed.
+    pub async fn revoke_grant(
+        &self,
+        id: GrantId,
+        by: &str,
+        reason: &str,
+    ) -> Result<usize, OpError> {
+        let grant = self
+            .grants
+            .get(&id)
+            .ok_or_else(|| OpError::NotFound(format!("no live grant {id}")))?;
+        let mut e = Event::new("grant.revoked");
+        e.grant_id = Some(id);
+        e.principal = Some(grant.principal.clone());
+        e.resource = Some(grant.resource.clone());
+        e.actor = Some(by.to_string());
+        e.reason = Some(reason.to_string());
+        self.audit.write(e)?;
+        let reason = EndReason::Revoked {
+            by: by.to_string(),
+            reason: reason.to_string(),
+        };
+        let Some(grant) = self.grants.remove(&id, reason) else {
+            // Expired or revoked between the lookup and now.
+            return Err(OpError::NotFound(format!("no live grant {id}")));
+        };
+        m::grants_active(self.grants.len());
+        let sessions = self.sessions.on_grant(&grant.id);
+        let closed = wait_closed(&sessions, CLOSE_WAIT).await;
+        tracing::info!(grant = %id, by, sessions = closed, "grant revoked");
+        Ok(closed)
+    }
+
+    /// Kill one session; answers once its sockets are closed.
+    pub async fn kill_session(
+        &self,
+        id: SessionId,
+        by: &str,
+        reason: &str,
+    ) -> Result<usize, OpError> {
+        let s = self
+            .sessions
+            .get(&id)
+            .ok_or_else(|| OpError::NotFound(format!("no live session {id}")))?;
+        s.end(
+            EndReason::Killed {
+                by: by.to_string(),
+                reason: reason.to_string(),
+            },
+            Instant::now(),
+        );
+        let closed = wait_closed(&[s], CLOSE_WAIT).await;
+        tracing::info!(session = %id, by, "session killed");
+        Ok(closed)
+    }
+
+    /// Audit and count a grant that expired.
+    pub fn on_grant_expired(&self, g: &Grant) {
+        let mut e = Event::new("grant.expired");
+        e.grant_id = Some(g.id);
+        e.principal = Some(g.principal.clone());
+        e.resource = Some(g.resource.clone());
+        e.expires_at = Some(g.expires_at());
+        let _ = self.audit.write(e);
+        m::grants_active(self.grants.len());
+        tracing::info!(grant = %g.id, principal = %g.principal, resource = %g.resource, "grant expired");
+    }
+
+    /// Record a session's end: audit `session.ended`, metrics.
+    pub fn on_session_ended(
+        &self,
+        s: &Session,
+        reason: &EndReason,
+        since: Option<std::time::Instant>,
+    ) {
+        let mut e = Event::new("session.ended");
+        e.session_id = Some(s.id);
+        e.grant_id = Some(s.grant.id);
+        e.principal = Some(s.grant.principal.clone());
+        e.login = Some(s.login.clone());
+        e.resource = Some(s.resource.clone());
+        e.protocol = Some(s.protocol.as_str());
+        e.client_addr = Some(s.client_addr);
+        e.outcome = Some(reason.label());
+        e.actor = reason.actor().map(str::to_string);
+        e.reason = reason.detail().map(str::to_string);
+        let lived = SystemTime::now()
+            .duration_since(s.started_at)
+            .unwrap_or_default();
+        e.duration_ms = Some(u64::try_from(lived.as_millis()).unwrap_or(u64::MAX));
+        e.bytes_up = Some(s.bytes_up.load(std::sync::atomic::Ordering::Relaxed));
+        e.bytes_down = Some(s.bytes_down.load(std::sync::atomic::Ordering::Relaxed));
+        let _ = self.audit.write(e);
+        m::session_ended(&s.resource, reason.label());
+        if reason.is_enforced() {
+            if let Some(since) = since {
+                m::enforcement_lag(since.elapsed());
+            }
+        }
+        tracing::info!(session = %s.id, resource = %s.resource, reason = reason.label(), "session ended");
+    }
+}

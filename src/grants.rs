@@ -1,0 +1,386 @@
+//! The grant table: who may reach which resource, as which login, until when.
+//!
+//! Invariants:
+//! - Admission is an O(1) lookup by `(resource, login)` through `index`.
+//! - A grant in the table is *live* until its deadline, its revocation, or
+//!   process shutdown. Its [`CancellationToken`] is the parent of every
+//!   session that lives on it, so cancelling it ends them all; the reason is
+//!   set (first writer wins) *before* the token is cancelled.
+//! - Grants expire on their own: [`GrantTable::run_expiry`] removes each one
+//!   at its deadline with no traffic needed to notice.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use ipnet::IpNet;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::ending::EndReason;
+
+/// A grant's id: a UUID v7, so ids sort by creation time.
+pub type GrantId = Uuid;
+
+/// How a grant came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    /// An admin's direct grant, outside the request workflow.
+    BreakGlass,
+}
+
+/// What is needed to create a grant.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    /// The person the grant is for.
+    pub principal: String,
+    /// The resource it opens.
+    pub resource: String,
+    /// Database logins it admits (postgres/mysql).
+    pub logins: Vec<String>,
+    /// Client source networks it admits (ssh/tcp); empty = any.
+    pub sources: Vec<IpNet>,
+    /// How long from now.
+    pub duration: Duration,
+    /// Why, as the requester or admin wrote it.
+    pub reason: String,
+    /// Who created it.
+    pub actor: String,
+    /// How it came to be.
+    pub kind: GrantKind,
+}
+
+/// One grant. Shared as `Arc<Grant>` by the table and the sessions on it.
+#[derive(Debug)]
+pub struct Grant {
+    /// Unique id.
+    pub id: GrantId,
+    /// The person the grant is for.
+    pub principal: String,
+    /// The resource it opens.
+    pub resource: String,
+    /// Logins it admits.
+    pub logins: Vec<String>,
+    /// Source networks it admits.
+    pub sources: Vec<IpNet>,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// Why.
+    pub reason: String,
+    /// Who created it.
+    pub actor: String,
+    /// How it came to be.
+    pub kind: GrantKind,
+    expires: watch::Sender<SystemTime>,
+    token: CancellationToken,
+    end: OnceLock<(EndReason, Instant)>,
+}
+
+impl Grant {
+    /// The current deadline.
+    pub fn expires_at(&self) -> SystemTime {
+        *self.expires.borrow()
+    }
+
+    /// A receiver that sees deadline changes (extensions).
+    pub fn subscribe_deadline(&self) -> watch::Receiver<SystemTime> {
+        self.expires.subscribe()
+    }
+
+    /// The token every session on this grant derives its own from.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Why the grant ended, once it has.
+    pub fn end_reason(&self) -> Option<&EndReason> {
+        self.end.get().map(|(r, _)| r)
+    }
+
+    /// Why the grant ended and when that was decided.
+    pub fn ended(&self) -> Option<&(EndReason, Instant)> {
+        self.end.get()
+    }
+
+    /// Live: not ended and deadline in the future.
+    pub fn is_live(&self, now: SystemTime) -> bool {
+        !self.token.is_cancelled() && self.expires_at() > now
+    }
+
+    /// End the grant for `reason` (first reason wins) and cancel every
+    /// session on it.
+    fn end(&self, reason: EndReason) {
+        let _ = self.end.set((reason, Instant::now()));
+        self.token.cancel();
+    }
+}
+
+type IndexKey = (String, String);
+
+/// The in-memory grant table.
+#[derive(Debug)]
+pub struct GrantTable {
+    by_id: DashMap<GrantId, Arc<Grant>>,
+    /// `(resource, login)` → grants that admit that login.
+    index: DashMap<IndexKey, Vec<Arc<Grant>>>,
+    /// Deadlines, for the expiry task.
+    deadlines: Mutex<BTreeSet<(SystemTime, GrantId)>>,
+    wake: Notify,
+    root: CancellationToken,
+}
+
+impl GrantTable {
+    /// An empty table whose grants live under `root` (process shutdown).
+    pub fn new(root: CancellationToken) -> Self {
+        GrantTable {
+            by_id: DashMap::new(),
+            index: DashMap::new(),
+            deadlines: Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+            root,
+        }
+    }
+
+    /// Create a grant from now for `new.duration`.
+    pub fn insert(&self, new: NewGrant) -> Arc<Grant> {
+        let now = SystemTime::now();
+        let expires_at = now + new.duration;
+        let (expires, _) = watch::channel(expires_at);
+        let grant = Arc::new(Grant {
+            id: Uuid::now_v7(),
+            principal: new.principal,
+            resource: new.resource,
+            logins: new.logins,
+            sources: new.sources,
+            created_at: now,
+            reason: new.reason,
+            actor: new.actor,
+            kind: new.kind,
+            expires,
+            token: self.root.child_token(),
+            end: OnceLock::new(),
+        });
+        for login in &grant.logins {
+            self.index
+                .entry((grant.resource.clone(), login.clone()))
+                .or_default()
+                .push(grant.clone());
+        }
+        self.by_id.insert(grant.id, grant.clone());
+        self.schedule(expires_at, grant.id);
+        grant
+    }
+
+    fn schedule(&self, at: SystemTime, id: GrantId) {
+        let earliest = {
+            let mut d = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+            d.insert((at, id));
+            d.first().map(|(t, _)| *t) == Some(at)
+        };
+        if earliest {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The live grant that admits `login` on `resource`, the one that lasts
+    /// longest when several do.
+    pub fn find(&self, resource: &str, login: &str) -> Option<Arc<Grant>> {
+        let now = SystemTime::now();
+        // The guard is dropped at the end of this expression.
+        self.index
+            .get(&(resource.to_string(), login.to_string()))?
+            .iter()
+            .filter(|g| g.is_live(now))
+            .max_by_key(|g| g.expires_at())
+            .cloned()
+    }
+
+    /// A grant by id.
+    pub fn get(&self, id: &GrantId) -> Option<Arc<Grant>> {
+        self.by_id.get(id).map(|g| g.clone())
+    }
+
+    /// Every grant in the table, oldest first.
+    pub fn list(&self) -> Vec<Arc<Grant>> {
+        let mut v: Vec<_> = self.by_id.iter().map(|e| e.value().clone()).collect();
+        v.sort_by_key(|g| g.id);
+        v
+    }
+
+    /// Number of grants in the table.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Remove a grant and end it for `reason`; `None` if it was not there.
+    pub fn remove(&self, id: &GrantId, reason: EndReason) -> Option<Arc<Grant>> {
+        let (_, grant) = self.by_id.remove(id)?;
+        for login in &grant.logins {
+            let key = (grant.resource.clone(), login.clone());
+            // Drop the entry if it becomes empty; the guard lives only in this call.
+            self.index.remove_if_mut(&key, |_, v| {
+                v.retain(|g| g.id != grant.id);
+                v.is_empty()
+            });
+        }
+        self.deadlines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(grant.expires_at(), grant.id));
+        grant.end(reason);
+        Some(grant)
+    }
+
+    /// Remove every grant whose deadline is at or before `now`; returns them.
+    pub fn expire_due(&self, now: SystemTime) -> Vec<Arc<Grant>> {
+        let due: Vec<GrantId> = {
+            let mut d = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+            let mut due = Vec::new();
+            while let Some(&(t, id)) = d.first() {
+                if t > now {
+                    break;
+                }
+                d.pop_first();
+                due.push(id);
+            }
+            due
+        };
+        due.iter()
+            .filter_map(|id| self.remove(id, EndReason::Expired))
+            .collect()
+    }
+
+    fn next_deadline(&self) -> Option<SystemTime> {
+        self.deadlines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .map(|(t, _)| *t)
+    }
+
+    /// The expiry task: sleeps until the next deadline, removes what is due
+    /// and hands each expired grant to `on_expired` (audit, metrics). Ends
+    /// when `stop` is cancelled.
+    pub async fn run_expiry(&self, stop: CancellationToken, on_expired: impl Fn(&Grant)) {
+        loop {
+            // Register interest before reading the deadline so an insert
+            // between the two still wakes us.
+            let notified = self.wake.notified();
+            let wait = match self.next_deadline() {
+                Some(t) => t
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = notified => {}
+                _ = tokio::time::sleep(wait) => {
+                    for g in self.expire_due(SystemTime::now()) {
+                        on_expired(&g);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(resource: &str, login: &str, secs: u64) -> NewGrant {
+        NewGrant {
+            principal: "alice".into(),
+            resource: resource.into(),
+            logins: vec![login.into()],
+            sources: vec![],
+            duration: Duration::from_secs(secs),
+            reason: "test".into(),
+            actor: "admin".into(),
+            kind: GrantKind::BreakGlass,
+        }
+    }
+
+    #[test]
+    fn find_by_resource_and_login_only() {
+        let t = GrantTable::new(CancellationToken::new());
+        let g = t.insert(new("pg", "alice", 60));
+        assert_eq!(t.find("pg", "alice").map(|g| g.id), Some(g.id));
+        assert!(t.find("pg", "bob").is_none());
+        assert!(t.find("other", "alice").is_none());
+    }
+
+    #[test]
+    fn remove_ends_the_grant_and_unindexes_it() {
+        let t = GrantTable::new(CancellationToken::new());
+        let g = t.insert(new("pg", "alice", 60));
+        let child = g.token().child_token();
+        let removed = t
+            .remove(
+                &g.id,
+                EndReason::Revoked {
+                    by: "carol".into(),
+                    reason: "done".into(),
+                },
+            )
+            .unwrap();
+        assert!(child.is_cancelled());
+        assert!(matches!(
+            removed.end_reason(),
+            Some(EndReason::Revoked { .. })
+        ));
+        assert!(t.find("pg", "alice").is_none());
+        assert!(t.is_empty());
+        assert!(t.index.is_empty());
+    }
+
+    #[test]
+    fn expire_due_removes_only_past_deadlines() {
+        let t = GrantTable::new(CancellationToken::new());
+        let short = t.insert(new("pg", "a", 1));
+        let long = t.insert(new("pg", "b", 3600));
+        let later = SystemTime::now() + Duration::from_secs(2);
+        let gone = t.expire_due(later);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, short.id);
+        assert!(matches!(short.end_reason(), Some(EndReason::Expired)));
+        assert!(t.get(&long.id).is_some());
+    }
+
+    #[tokio::test]
+    async fn expiry_task_expires_without_traffic() {
+        let t = Arc::new(GrantTable::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = {
+            let t = t.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                t.run_expiry(stop, move |g| {
+                    let _ = tx.send(g.id);
+                })
+                .await
+            })
+        };
+        let mut g = new("pg", "a", 0);
+        g.duration = Duration::from_millis(200);
+        let g = t.insert(g);
+        let expired = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap();
+        assert_eq!(expired, Some(g.id));
+        assert!(g.token().is_cancelled());
+        assert!(t.find("pg", "a").is_none());
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

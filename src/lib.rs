@@ -1,0 +1,42 @@
+//! jitgate: a just-in-time access gateway.
+//!
+//! A tokio proxy between clients and PostgreSQL (MySQL/MariaDB and SSH/TCP
+//! to come). Access is granted only for a limited time; every connection is
+//! checked against the in-memory grant table, and when a grant ends the live
+//! sockets are closed at once with the reason shown in the client's own
+//! protocol. Where things live:
+//!
+//! - [`server`]: bind listeners, accept loops, shutdown;
+//! - [`postgres`]: one PostgreSQL connection from startup to close (admission
+//!   happens in [`postgres::handle`], the relay in [`postgres::relay`]);
+//! - [`grants`] and [`sessions`]: the grant table and the live-session
+//!   registry with its kill switches; [`enforce`]: each session's clock;
+//! - [`gateway`]: the access operations (grant, revoke, kill) and their audit;
+//! - [`admin`]: the HTTP API; [`cli`]: the command line;
+//! - [`config`], [`audit`], [`metrics`].
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod api;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod ending;
+pub mod enforce;
+pub mod gateway;
+pub mod grants;
+pub mod metrics;
+pub mod postgres;
+pub mod server;
+pub mod sessions;
+pub mod timefmt;

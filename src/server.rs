@@ -1,0 +1,190 @@
+//! Start and stop the gateway: bind every listener, run the accept loops,
+//! the grant expiry task and the admin API under one cancellation root.
+//!
+//! Shutdown cancels the root token: every grant's token and so every
+//! session's token is cancelled, each session tells its client why and
+//! closes both sockets, and [`Running::shutdown`] waits for the tracked tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::{Config, Protocol, ResourceConfig};
+use crate::gateway::Gateway;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory or audit log could not be opened.
+    #[error("cannot open the state directory {dir}: {source}")]
+    State {
+        /// The directory.
+        dir: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the listener is for.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway.
+pub struct Running {
+    /// Shared state.
+    pub gateway: Arc<Gateway>,
+    /// The bound admin API address.
+    pub admin_addr: SocketAddr,
+    /// The bound metrics-only address, if configured.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Bound address of each resource, in config order.
+    pub resource_addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Running {
+    /// The bound address of a resource.
+    pub fn resource_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.resource_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stop: end every session (reason `shutdown`), stop listening, and
+    /// wait up to `grace` for the connection tasks.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.gateway.shutdown.cancel();
+        self.gateway.tracker.close();
+        if tokio::time::timeout(grace, self.gateway.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within the shutdown grace");
+        }
+    }
+
+    /// Resolves when shutdown has been requested.
+    pub async fn stopped(&self) {
+        self.gateway.shutdown.cancelled().await
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr,
+            what: what.to_string(),
+            source,
+        })
+}
+
+/// Bind everything and start serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let dir = config.gateway.state_dir.display().to_string();
+    let gw = Arc::new(Gateway::new(config).map_err(|source| StartError::State { dir, source })?);
+
+    // Bind all listeners before serving any, so a bad address fails start-up whole.
+    let mut listeners = Vec::new();
+    for r in &gw.config.resources {
+        let l = bind(r.listen(), &format!("resource {}", r.name())).await?;
+        listeners.push((Arc::new(r.clone()), l));
+    }
+    let admin = bind(gw.config.gateway.admin_listen, "the admin API").await?;
+    let metrics = match gw.config.gateway.metrics_listen {
+        Some(a) => Some(bind(a, "metrics").await?),
+        None => None,
+    };
+
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+        addr: gw.config.gateway.admin_listen,
+        what: "the admin API".into(),
+        source,
+    })?;
+    tracing::info!(addr = %admin_addr, "admin API listening (also /metrics and /healthz)");
+    gw.tracker.spawn(crate::admin::serve(
+        gw.clone(),
+        admin,
+        crate::admin::Surface::Full,
+    ));
+    let mut metrics_addr = None;
+    if let Some(l) = metrics {
+        let a = l.local_addr().ok();
+        metrics_addr = a;
+        tracing::info!(addr = ?a, "metrics listening");
+        gw.tracker.spawn(crate::admin::serve(
+            gw.clone(),
+            l,
+            crate::admin::Surface::MetricsOnly,
+        ));
+    }
+
+    let mut resource_addrs = Vec::new();
+    for (r, l) in listeners {
+        let addr = l.local_addr().unwrap_or_else(|_| r.listen());
+        tracing::info!(resource = r.name(), protocol = r.protocol().as_str(), listen = %addr, backend = r.backend(), "resource listening");
+        resource_addrs.push((r.name().to_string(), addr));
+        gw.tracker.spawn(accept_loop(gw.clone(), r, l));
+    }
+
+    {
+        let gw2 = gw.clone();
+        gw.tracker.spawn(async move {
+            let stop = gw2.shutdown.clone();
+            gw2.grants
+                .run_expiry(stop, |g| gw2.on_grant_expired(g))
+                .await;
+        });
+    }
+
+    Ok(Running {
+        gateway: gw,
+        admin_addr,
+        metrics_addr,
+        resource_addrs,
+    })
+}
+
+async fn accept_loop(gw: Arc<Gateway>, resource: Arc<ResourceConfig>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, error = %e, "set_nodelay failed");
+                }
+                gw.tracker
+                    .spawn(dispatch(gw.clone(), resource.clone(), stream, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off, keep serving.
+                tracing::warn!(resource = resource.name(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn dispatch(
+    gw: Arc<Gateway>,
+    resource: Arc<ResourceConfig>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    match resource.protocol() {
+        Protocol::Postgres => crate::postgres::handle(gw, resource, stream, peer).await,
+        // Rejected by config validation; close if one slips through.
+        Protocol::Mysql | Protocol::Ssh | Protocol::Tcp => drop(stream),
+    }
+}

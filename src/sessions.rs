@@ -1,0 +1,321 @@
+//! The registry of live sessions and their kill switches.
+//!
+//! Invariants:
+//! - A session is registered (and so reachable by revoke and kill) *before*
+//!   the final grant check of its handshake: its token is a child of the
+//!   grant's token, so a revoke that races the connect either cancels the
+//!   token before the check (the check fails) or finds the session in the
+//!   registry (and cancels it).
+//! - The end reason is set before the token is cancelled (first writer wins).
+//! - [`SessionGuard`] is the only owner of a registry entry: dropping it, on
+//!   any exit path, removes the entry, updates the gauges and wakes whoever
+//!   waits for the sockets to be closed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::Protocol;
+use crate::ending::EndReason;
+use crate::grants::{Grant, GrantId};
+use crate::metrics as m;
+
+/// A session's id (UUID v7).
+pub type SessionId = Uuid;
+
+/// One live session, shared between its task, the registry and the API.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique id.
+    pub id: SessionId,
+    /// The grant it lives on.
+    pub grant: Arc<Grant>,
+    /// The login the client presented (postgres/mysql) or empty (ssh/tcp).
+    pub login: String,
+    /// The resource's name.
+    pub resource: String,
+    /// The resource's protocol.
+    pub protocol: Protocol,
+    /// The client's address.
+    pub client_addr: SocketAddr,
+    /// Wall-clock start.
+    pub started_at: SystemTime,
+    started: Instant,
+    /// Hard deadline from the resource's `max_session`.
+    pub max_session_deadline: SystemTime,
+    /// Milliseconds after `started` of the last byte in either direction.
+    last_active_ms: AtomicU64,
+    /// Bytes from client to backend.
+    pub bytes_up: AtomicU64,
+    /// Bytes from backend to client.
+    pub bytes_down: AtomicU64,
+    token: CancellationToken,
+    end: OnceLock<(EndReason, Instant)>,
+    closed: CancellationToken,
+}
+
+impl Session {
+    /// The token the session's task selects on.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Record activity now (called by the relay for every chunk).
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The instant of the last byte in either direction.
+    pub fn last_active(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
+    }
+
+    /// How long since the last byte.
+    pub fn idle_for(&self) -> Duration {
+        self.last_active().elapsed()
+    }
+
+    /// The effective deadline: the grant's or the session cap, whichever is first.
+    pub fn deadline(&self) -> SystemTime {
+        self.grant.expires_at().min(self.max_session_deadline)
+    }
+
+    /// End the session for `reason`, unless it already ends for another;
+    /// `since` is when the cause happened (for the enforcement lag metric).
+    pub fn end(&self, reason: EndReason, since: Instant) {
+        let _ = self.end.set((reason, since));
+        self.token.cancel();
+    }
+
+    /// Why the session ends: its own reason, else its grant's, else shutdown.
+    pub fn end_reason(&self) -> Option<(EndReason, Option<Instant>)> {
+        if let Some((r, at)) = self.end.get() {
+            return Some((r.clone(), Some(*at)));
+        }
+        if let Some((r, at)) = self.grant.ended() {
+            return Some((r.clone(), Some(*at)));
+        }
+        self.token
+            .is_cancelled()
+            .then_some((EndReason::Shutdown, None))
+    }
+
+    /// Completes once the session's sockets are closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+}
+
+/// Everything needed to register a session.
+pub struct NewSession {
+    /// The grant the handshake found.
+    pub grant: Arc<Grant>,
+    /// Login the client presented.
+    pub login: String,
+    /// Resource name.
+    pub resource: String,
+    /// Resource protocol.
+    pub protocol: Protocol,
+    /// Client address.
+    pub client_addr: SocketAddr,
+    /// The resource's `max_session`.
+    pub max_session: Duration,
+}
+
+/// All live sessions.
+#[derive(Debug, Default)]
+pub struct SessionRegistry {
+    by_id: DashMap<SessionId, Arc<Session>>,
+}
+
+impl SessionRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register a session under its grant. The returned guard removes it.
+    pub fn register(self: &Arc<Self>, new: NewSession) -> SessionGuard {
+        let now = SystemTime::now();
+        let session = Arc::new(Session {
+            id: Uuid::now_v7(),
+            token: new.grant.token().child_token(),
+            grant: new.grant,
+            login: new.login,
+            resource: new.resource,
+            protocol: new.protocol,
+            client_addr: new.client_addr,
+            started_at: now,
+            started: Instant::now(),
+            max_session_deadline: now + new.max_session,
+            last_active_ms: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            end: OnceLock::new(),
+            closed: CancellationToken::new(),
+        });
+        self.by_id.insert(session.id, session.clone());
+        m::session_opened(&session.resource);
+        SessionGuard {
+            registry: self.clone(),
+            session,
+        }
+    }
+
+    /// A session by id.
+    pub fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
+        self.by_id.get(id).map(|s| s.clone())
+    }
+
+    /// Every live session, oldest first.
+    pub fn list(&self) -> Vec<Arc<Session>> {
+        let mut v: Vec<_> = self.by_id.iter().map(|e| e.value().clone()).collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Live sessions on one grant.
+    pub fn on_grant(&self, grant: &GrantId) -> Vec<Arc<Session>> {
+        self.by_id
+            .iter()
+            .filter(|e| e.value().grant.id == *grant)
+            .map(|e| e.value().clone())
+            .collect()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// Wait until every session in `sessions` has closed its sockets, at most
+/// `limit`; returns how many did.
+pub async fn wait_closed(sessions: &[Arc<Session>], limit: Duration) -> usize {
+    let all = async {
+        for s in sessions {
+            s.closed().await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, all).await;
+    sessions.iter().filter(|s| s.closed.is_cancelled()).count()
+}
+
+/// Owns a registry entry; dropping it unregisters the session.
+#[derive(Debug)]
+pub struct SessionGuard {
+    registry: Arc<SessionRegistry>,
+    session: Arc<Session>,
+}
+
+impl SessionGuard {
+    /// The session.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.registry.by_id.remove(&self.session.id);
+        m::session_closed(&self.session.resource);
+        self.session.closed.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grants::{GrantKind, GrantTable, NewGrant};
+
+    fn grant(t: &GrantTable) -> Arc<Grant> {
+        t.insert(NewGrant {
+            principal: "alice".into(),
+            resource: "pg".into(),
+            logins: vec!["alice".into()],
+            sources: vec![],
+            duration: Duration::from_secs(60),
+            reason: "r".into(),
+            actor: "admin".into(),
+            kind: GrantKind::BreakGlass,
+        })
+    }
+
+    fn new_session(g: &Arc<Grant>) -> NewSession {
+        NewSession {
+            grant: g.clone(),
+            login: "alice".into(),
+            resource: "pg".into(),
+            protocol: Protocol::Postgres,
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            max_session: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn revoking_the_grant_cancels_its_sessions_with_its_reason() {
+        let t = GrantTable::new(CancellationToken::new());
+        let reg = Arc::new(SessionRegistry::new());
+        let g = grant(&t);
+        let guard = reg.register(new_session(&g));
+        let s = guard.session().clone();
+        assert_eq!(reg.on_grant(&g.id).len(), 1);
+        t.remove(
+            &g.id,
+            EndReason::Revoked {
+                by: "carol".into(),
+                reason: "x".into(),
+            },
+        );
+        assert!(s.token().is_cancelled());
+        assert_eq!(s.end_reason().unwrap().0.label(), "revoked");
+        // Closed only once the guard is dropped.
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { wait_closed(&[s], Duration::from_secs(5)).await }
+        });
+        drop(guard);
+        assert_eq!(waiter.await.unwrap(), 1);
+        assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn registering_on_a_revoked_grant_is_born_cancelled() {
+        let t = GrantTable::new(CancellationToken::new());
+        let reg = Arc::new(SessionRegistry::new());
+        let g = grant(&t);
+        t.remove(&g.id, EndReason::Expired);
+        let guard = reg.register(new_session(&g));
+        assert!(guard.session().token().is_cancelled());
+    }
+
+    #[test]
+    fn session_reason_beats_grant_reason_and_deadline_is_capped() {
+        let t = GrantTable::new(CancellationToken::new());
+        let reg = Arc::new(SessionRegistry::new());
+        let g = grant(&t);
+        let guard = reg.register(new_session(&g));
+        let s = guard.session();
+        assert!(s.deadline() <= SystemTime::now() + Duration::from_secs(10));
+        s.end(
+            EndReason::Killed {
+                by: "carol".into(),
+                reason: String::new(),
+            },
+            Instant::now(),
+        );
+        t.remove(&g.id, EndReason::Expired);
+        assert_eq!(s.end_reason().unwrap().0.label(), "killed");
+    }
+}
