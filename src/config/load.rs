@@ -192,7 +192,7 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
                 format!("listen address {listen} is used twice"),
             );
         }
-        if listen == g.admin_listen || Some(listen) == g.metrics_listen {
+        if listen.port() != 0 && (listen == g.admin_listen || Some(listen) == g.metrics_listen) {
             errs.push(
                 r.listen.span(),
                 format!("listen address {listen} is also the admin or metrics address"),
