@@ -89,8 +89,7 @@ async fn expiry_ends_a_running_query_and_closes_both_sockets() {
         .client
         .simple_query(&q)
         .await
-        .err()
-        .expect("query must be cut");
+        .expect_err("query must be cut");
     let took = begun.elapsed();
     assert!(took < Duration::from_secs(6), "cut after {took:?}");
     let db = err.as_db_error().expect("the client sees the reason");
