@@ -6,9 +6,10 @@
 //! `127.0.0.1:5432`, trust auth, users `postgres` and `root`, database `test`).
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jitgate::config::Config;
 use jitgate::grants::{Grant, GrantKind, NewGrant};
@@ -286,8 +287,23 @@ pub async fn direct() -> tokio_postgres::Client {
     client
 }
 
-/// Count backends on the real server running a query that contains `marker`.
+/// Count backends on the real server *running* a query that contains
+/// `marker` (`pg_stat_activity.query` keeps an idle backend's last query,
+/// so only `state = 'active'` counts).
 pub async fn running_queries(direct: &tokio_postgres::Client, marker: &str) -> i64 {
+    let row = direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+            &[&marker],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+/// Count backends on the real server, in any state, whose current or last
+/// query contains `marker`: 0 once their connections are gone.
+pub async fn backends(direct: &tokio_postgres::Client, marker: &str) -> i64 {
     let row = direct
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
@@ -306,6 +322,20 @@ pub async fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value) {
+    let (status, _, text) = http_text(addr, method, path, token, body).await;
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// Like [`http`], but returns the status, the lowercased response head and
+/// the body as text (for `/metrics` and `/healthz`).
+pub async fn http_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or("");
     let auth = token
@@ -329,8 +359,7 @@ pub async fn http(
     } else {
         rest.to_string()
     };
-    let json = serde_json::from_str(&rest).unwrap_or(Value::Null);
-    (status, json)
+    (status, head.to_ascii_lowercase(), rest)
 }
 
 fn dechunk(s: &str) -> String {
@@ -345,4 +374,53 @@ fn dechunk(s: &str) -> String {
         rest = &tail[n + 2..];
     }
     out
+}
+
+/// Poll `cond` every 50 ms until it holds; panic with `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let begun = Instant::now();
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(begun.elapsed() < limit, "timed out after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until the real server runs exactly `want` queries containing `marker`.
+pub async fn wait_running(direct: &tokio_postgres::Client, marker: &str, want: i64) {
+    wait_until(
+        &format!("{want} backend(s) running {marker}"),
+        Duration::from_secs(5),
+        || async { running_queries(direct, marker).await == want },
+    )
+    .await;
+}
+
+/// Wait (at most `limit`) for a tokio-postgres connection task to end, i.e.
+/// for the gateway to have closed the client socket. Returns how it ended:
+/// `Err(text)` when the server sent an error outside any query (the text
+/// then holds the message), `Ok(())` on a plain close.
+pub async fn conn_end(
+    conn: tokio::task::JoinHandle<Result<(), String>>,
+    limit: Duration,
+) -> Result<(), String> {
+    tokio::time::timeout(limit, conn)
+        .await
+        .expect("the gateway did not close the client connection in time")
+        .unwrap()
+}
+
+/// The SQLSTATE and message of a tokio-postgres error that came from the
+/// server (panics on a broken socket or a client-side error).
+pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a server error, got: {e}"));
+    (db.code().code().to_string(), db.message().to_string())
 }
