@@ -2,8 +2,11 @@
 //! its user be warned?
 //!
 //! One [`Enforcer`] per session, polled by the protocol relay inside its
-//! `select!`. It owns a single pinned timer, re-armed only when it fires or
-//! the grant's deadline moves, so a busy relay pays nothing per chunk for it.
+//! `select!`. It owns a single pinned timer, re-armed only when it fires, so
+//! a busy relay pays nothing per chunk for it. Every firing re-reads the
+//! grant's deadline, so a deadline that moved later (an extension) is
+//! honoured without any message to the session: the timer finds time left,
+//! re-arms for the new deadline, and later warnings follow the new one.
 //! Invariant: [`Enforcer::next`] is cancel-safe (all state lives in `self`),
 //! and it reports an end for whichever comes first: the session's token
 //! (revoke, kill, shutdown), the effective deadline (grant or `max_session`),
@@ -13,8 +16,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::ending::EndReason;
 use crate::sessions::Session;
@@ -47,8 +50,9 @@ pub struct Enforcer {
     /// Index in `warnings` of the next warning to give.
     next_warning: usize,
     warn_now: bool,
-    deadline_rx: watch::Receiver<SystemTime>,
-    deadline_open: bool,
+    /// Created once: polling a registered waiter costs far less than
+    /// registering a new one on every relay iteration.
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -75,15 +79,14 @@ impl Enforcer {
         let mut w: Vec<Duration> = warnings.to_vec();
         w.sort_unstable_by(|a, b| b.cmp(a));
         w.dedup();
-        let deadline_rx = session.grant.subscribe_deadline();
+        let cancelled = Box::pin(session.token().clone().cancelled_owned());
         let mut e = Enforcer {
             session,
             idle,
             warnings: w,
             next_warning: 0,
             warn_now: false,
-            deadline_rx,
-            deadline_open: true,
+            cancelled,
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
         };
         // Lead times already passed at the start collapse into one notice
@@ -175,7 +178,7 @@ impl Enforcer {
         loop {
             tokio::select! {
                 biased;
-                _ = self.session.token().cancelled() => {
+                _ = self.cancelled.as_mut() => {
                     let (reason, since) = self
                         .session
                         .end_reason()
@@ -189,16 +192,6 @@ impl Enforcer {
                     if let Some(e) = self.evaluate() {
                         return e;
                     }
-                }
-                r = self.deadline_rx.changed(), if self.deadline_open => {
-                    if r.is_err() {
-                        // The grant is gone from memory; its token decides.
-                        self.deadline_open = false;
-                    }
-                    // A moved deadline (extension): warnings restart from
-                    // the lead times still ahead.
-                    self.skip_passed_warnings();
-                    self.rearm();
                 }
             }
         }
