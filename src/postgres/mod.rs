@@ -90,10 +90,12 @@ pub async fn handle(
             tracing::debug!(%peer, resource = %name, error = %e, "startup failed");
             m::connection(&name, "postgres", Outcome::Error);
             m::handshake(accepted.elapsed());
-            let code = if matches!(e, StartupFailure::Timeout) {
-                "08006"
-            } else {
-                "08P01"
+            // PostgreSQL's own SQLSTATE for the same fault (0A000 for an
+            // unsupported version, 28000 for a missing user).
+            let code = match &e {
+                StartupFailure::Timeout => "08006",
+                StartupFailure::Protocol(p) => p.sqlstate(),
+                _ => "08P01",
             };
             let _ = send_fatal(&mut client, code, &format!("jitgate: {e}"), None).await;
             return;
