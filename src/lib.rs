@@ -7,8 +7,10 @@
 //! protocol. Where things live:
 //!
 //! - [`server`]: bind listeners, accept loops, shutdown;
-//! - [`postgres`]: one PostgreSQL connection from startup to close (admission
-//!   happens in [`postgres::handle`], the relay in [`postgres::relay`]);
+//! - [`admission`]: where every connection is let in or refused;
+//! - [`relay`]: bytes both ways and where a session is killed, for every
+//!   protocol; [`postgres`]: one PostgreSQL connection from startup to close
+//!   and its [`relay::Wire`];
 //! - [`grants`] and [`sessions`]: the grant table and the live-session
 //!   registry with its kill switches; [`enforce`]: each session's clock;
 //! - [`gateway`]: the access operations (grant, revoke, kill) and their audit;
@@ -27,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod cli;
@@ -37,6 +40,7 @@ pub mod gateway;
 pub mod grants;
 pub mod metrics;
 pub mod postgres;
+pub mod relay;
 pub mod server;
 pub mod sessions;
 pub mod timefmt;

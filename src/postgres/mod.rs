@@ -7,17 +7,16 @@
 //!    (TLS is its own layer; bytes pipelined after either request are a
 //!    protocol violation, CVE-2021-23214), CancelRequest is forwarded by key
 //!    and the connection closed, StartupMessage ends the loop;
-//! 2. admission: the startup `user` must hold a live grant on this resource;
-//!    otherwise FATAL 28000 and close, *before any byte reaches the backend*;
-//! 3. the session is registered (and so revocable) and the grant checked
-//!    once more, so a revoke racing the connect cannot slip through;
-//! 4. the backend is dialled and sent a clean protocol-3.0 StartupMessage;
+//! 2. admission ([`crate::admission::admit`]): the startup `user` must hold
+//!    a live grant on this resource; otherwise FATAL 28000 and close,
+//!    *before any byte reaches the backend*;
+//! 3. the backend is dialled and sent a clean protocol-3.0 StartupMessage;
 //!    authentication is the backend's own (SCRAM, md5, trust);
-//! 5. [`relay::run`] carries bytes until the session ends, then the end is
-//!    audited.
+//! 4. [`crate::relay::run`] with [`wire::PgWire`] carries bytes until the
+//!    session ends, then the end is audited.
 
 pub mod cancel;
-pub mod relay;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,11 +27,12 @@ use proxy_protocols::postgres::{self as pg, StartupMessage, StartupRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::audit::Event;
+use crate::admission::{self, Identity, Refusal};
 use crate::config::ResourceConfig;
+use crate::ending::EndReason;
 use crate::gateway::Gateway;
 use crate::metrics::{self as m, Outcome};
-use crate::sessions::NewSession;
+use crate::relay::{self, RelayParams};
 
 /// At most this many SSL/GSSENC negotiation requests before the startup
 /// message (libpq sends at most one of each).
@@ -103,51 +103,29 @@ pub async fn handle(
     };
     let login = msg.user().unwrap_or_default().to_string();
 
-    // Admission: a live grant for (resource, login), before any backend byte.
-    let Some(grant) = gw.grants.find(&name, &login) else {
-        deny(&gw, &mut client, &name, &login, peer, accepted).await;
-        return;
+    // Admission, before any byte reaches the backend.
+    let admitted = match admission::admit(&gw, &resource, Identity::Login(&login), peer, accepted) {
+        Ok(a) => a,
+        Err(Refusal::NoGrant) => {
+            let message = admission::no_grant_message(&login, &name);
+            let hint = admission::no_grant_hint(&name);
+            let _ = send_fatal(&mut client, "28000", &message, Some(&hint)).await;
+            return;
+        }
+        Err(Refusal::AuditUnavailable) => {
+            let _ = send_fatal(
+                &mut client,
+                "58000",
+                "jitgate: audit log unavailable, access refused",
+                None,
+            )
+            .await;
+            return;
+        }
     };
-    let guard = gw.sessions.register(NewSession {
-        grant: grant.clone(),
-        login: login.clone(),
-        resource: name.clone(),
-        protocol: resource.protocol(),
-        client_addr: peer,
-        max_session: resource.max_session(),
-    });
-    let session = guard.session().clone();
-    // Final check after registration: a revoke from now on finds the session.
-    if !grant.is_live(std::time::SystemTime::now()) || session.token().is_cancelled() {
-        drop(guard);
-        deny(&gw, &mut client, &name, &login, peer, accepted).await;
-        return;
-    }
-    let mut e = Event::new("session.started");
-    e.session_id = Some(session.id);
-    e.grant_id = Some(grant.id);
-    e.principal = Some(grant.principal.clone());
-    e.login = Some(login.clone());
-    e.resource = Some(name.clone());
-    e.protocol = Some("postgres");
-    e.client_addr = Some(peer);
-    e.expires_at = Some(session.deadline());
-    if gw.audit.write(e).is_err() {
-        // Fail closed: no session without its record.
-        m::connection(&name, "postgres", Outcome::Error);
-        let _ = send_fatal(
-            &mut client,
-            "58000",
-            "jitgate: audit log unavailable, access refused",
-            None,
-        )
-        .await;
-        return;
-    }
-    m::handshake(accepted.elapsed());
-    tracing::info!(session = %session.id, %peer, resource = %name, login = %login, grant = %grant.id, "session started");
+    let session = admitted.session.clone();
 
-    let backend = match connect_backend(&gw, &resource).await {
+    let mut backend = match connect_backend(&gw, &resource).await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(resource = %name, error = %e, "backend unreachable");
@@ -159,12 +137,12 @@ pub async fn handle(
                 None,
             )
             .await;
-            gw.on_session_ended(&session, &crate::ending::EndReason::Backend, None);
+            drop(admitted.guard);
+            gw.on_session_ended(&session, &EndReason::Backend, None);
             return;
         }
     };
     m::connection(&name, "postgres", Outcome::Accepted);
-    let mut backend = backend;
 
     // A clean 3.0 startup for the backend; `_pq_.` options are ours to refuse.
     let unrecognized: Vec<&str> = msg.protocol_options().collect();
@@ -180,19 +158,21 @@ pub async fn handle(
     let mut out = BytesMut::new();
     pg::encode_startup(&forward, &mut out);
     if backend.write_all(&out).await.is_err() {
-        gw.on_session_ended(&session, &crate::ending::EndReason::Backend, None);
+        drop(admitted.guard);
+        gw.on_session_ended(&session, &EndReason::Backend, None);
         return;
     }
     if msg.version.minor > 0 || !unrecognized.is_empty() {
         let mut npv = BytesMut::new();
         pg::encode_negotiate_protocol_version(0, &unrecognized, &mut npv);
         if client.write_all(&npv).await.is_err() {
-            gw.on_session_ended(&session, &crate::ending::EndReason::Client, None);
+            drop(admitted.guard);
+            gw.on_session_ended(&session, &EndReason::Client, None);
             return;
         }
     }
 
-    let params = relay::RelayParams {
+    let params = RelayParams {
         session: session.clone(),
         idle: resource.idle_timeout(),
         warnings: gw
@@ -203,12 +183,11 @@ pub async fn handle(
             .map(|d| d.0)
             .collect(),
         buffer_size: gw.config.gateway.relay_buffer_size,
-        cancel_keys: gw.cancel_keys.clone(),
-        backend_addr: resource.backend().to_string(),
-        auth_deadline,
+        handshake_deadline: Some(auth_deadline),
     };
-    let (reason, since) = relay::run(params, client, backend).await;
-    drop(guard);
+    let wire = wire::PgWire::new(gw.cancel_keys.clone(), resource.backend().to_string());
+    let (reason, since) = relay::run(params, wire, client, backend).await;
+    drop(admitted.guard);
     gw.on_session_ended(&session, &reason, since);
 }
 
@@ -219,31 +198,6 @@ async fn connect_backend(gw: &Gateway, resource: &ResourceConfig) -> std::io::Re
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     s.set_nodelay(true)?;
     Ok(s)
-}
-
-/// Refuse a client that holds no live grant: audit, count, FATAL 28000.
-async fn deny(
-    gw: &Gateway,
-    client: &mut TcpStream,
-    resource: &str,
-    login: &str,
-    peer: SocketAddr,
-    accepted: Instant,
-) {
-    let mut e = Event::new("session.denied");
-    e.login = Some(login.to_string());
-    e.resource = Some(resource.to_string());
-    e.protocol = Some("postgres");
-    e.client_addr = Some(peer);
-    e.outcome = Some("no_grant");
-    let _ = gw.audit.write(e);
-    m::connection(resource, "postgres", Outcome::Denied);
-    m::handshake(accepted.elapsed());
-    tracing::info!(%peer, resource, login, "session denied: no active grant");
-    let message = format!("jitgate: no active access grant for {login:?} on {resource:?}");
-    let hint =
-        format!("request access with: jitgate request {resource} --for 30m --reason \"...\"");
-    let _ = send_fatal(client, "28000", &message, Some(&hint)).await;
 }
 
 async fn send_fatal(

@@ -1,0 +1,545 @@
+//! The relay: bytes both ways between an admitted client and its backend,
+//! until the session ends, for every protocol.
+//!
+//! What a protocol knows is behind the [`Wire`] trait: how the backend →
+//! client stream is framed (so jitgate can inject a warning or the final
+//! error at a message boundary without splitting a message), what the
+//! handshake's remaining messages need (PostgreSQL replaces BackendKeyData),
+//! what to check in client bytes (MySQL's COM_CHANGE_USER), what to say when
+//! access ends and what to do to the backend then (cancel a running query).
+//! Opaque streams (SSH, TCP) use [`Opaque`]: no boundaries, no messages.
+//!
+//! Invariants: one `select!` drives both directions, the enforcement clock
+//! and the kill switch, and every branch is a single cancel-safe read or
+//! write whose progress lives in the relay's state, so a slow reader on
+//! either side never delays a kill. A buffer is read into only when it has
+//! been fully written, so memory per session is fixed (two buffers).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+use crate::ending::EndReason;
+use crate::enforce::{Enforcement, Enforcer};
+use crate::sessions::Session;
+
+/// How long the end of a session may spend bringing the client stream to a
+/// message boundary, writing the farewell and running the end action.
+pub const FINISH_BUDGET: Duration = Duration::from_secs(1);
+
+/// Largest amount of handshake bytes held while a whole message arrives.
+const MAX_HANDSHAKE_BUFFER: usize = 256 * 1024;
+
+/// Where messages end inside a chunk of backend bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Boundaries {
+    /// Offset just after the first message that ends in the chunk.
+    pub first: Option<usize>,
+    /// Offset just after the last message that ends in the chunk.
+    pub last: Option<usize>,
+}
+
+/// What to do with client bytes, as a [`Wire`] judges them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpVerdict {
+    /// Forward everything read so far.
+    Pass,
+    /// Keep the bytes and read more before deciding (a message is split).
+    Hold,
+    /// End the session.
+    End(EndReason),
+}
+
+/// A future run at an enforced end (e.g. cancelling the backend query).
+pub type EndAction = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A protocol error from the backend's side, as a wire reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(pub String);
+
+/// What the relay needs to know of a protocol.
+pub trait Wire: Send {
+    /// True while backend bytes must go through [`Wire::handshake_down`]
+    /// as whole messages.
+    fn in_handshake(&self) -> bool {
+        false
+    }
+
+    /// Move whole handshake messages from `input` to `out` (possibly
+    /// rewritten); leave a partial message in `input`.
+    fn handshake_down(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        out.extend_from_slice(input);
+        input.clear();
+        Ok(())
+    }
+
+    /// Track message boundaries in a chunk of backend → client bytes.
+    fn feed_down(&mut self, chunk: &[u8]) -> Result<Boundaries, WireError>;
+
+    /// Whether all bytes fed so far end at a message boundary.
+    fn down_at_boundary(&self) -> bool;
+
+    /// Judge client → backend bytes: `pending` is everything read and not
+    /// yet forwarded, `new` its tail read just now.
+    fn inspect_up(&mut self, _pending: &[u8], _new: usize) -> UpVerdict {
+        UpVerdict::Pass
+    }
+
+    /// The message that warns the user that access ends soon, if the
+    /// protocol has one.
+    fn warning(
+        &mut self,
+        _session: &Session,
+        _remaining: Duration,
+        _at: SystemTime,
+    ) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// The message that tells the client why access ended, if the protocol
+    /// has one.
+    fn farewell(&mut self, _session: &Session, _reason: &EndReason) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Work to run on an enforced end, concurrently with the farewell.
+    fn end_action(&mut self) -> Option<EndAction> {
+        None
+    }
+}
+
+/// An opaque stream (SSH, TCP): no boundaries, nothing injected.
+#[derive(Debug, Default)]
+pub struct Opaque;
+
+impl Wire for Opaque {
+    fn feed_down(&mut self, _chunk: &[u8]) -> Result<Boundaries, WireError> {
+        Ok(Boundaries::default())
+    }
+    fn down_at_boundary(&self) -> bool {
+        false
+    }
+}
+
+/// What the relay needs besides the sockets.
+pub struct RelayParams {
+    /// The session being relayed.
+    pub session: Arc<Session>,
+    /// The resource's idle timeout.
+    pub idle: Option<Duration>,
+    /// Expiry warning lead times (ignored by wires without warnings).
+    pub warnings: Vec<Duration>,
+    /// Bytes per read, each direction.
+    pub buffer_size: usize,
+    /// The handshake must be done by then.
+    pub handshake_deadline: Option<tokio::time::Instant>,
+}
+
+/// Backend → client bytes read but not yet all written, with what is known
+/// of message boundaries inside them.
+struct Down {
+    buf: Vec<u8>,
+    len: usize,
+    pos: usize,
+    b: Boundaries,
+    start_boundary: bool,
+    tail_boundary: bool,
+}
+
+impl Down {
+    fn pending(&self) -> bool {
+        self.pos < self.len
+    }
+
+    /// Whether everything written so far ends at a message boundary.
+    fn at_boundary(&self) -> bool {
+        if self.pos == self.len {
+            self.tail_boundary
+        } else if self.pos == 0 {
+            self.start_boundary
+        } else {
+            self.b.first == Some(self.pos) || self.b.last == Some(self.pos)
+        }
+    }
+
+    fn next_boundary(&self) -> Option<usize> {
+        [self.b.first, self.b.last]
+            .into_iter()
+            .flatten()
+            .find(|&b| b > self.pos)
+    }
+
+    /// Take a chunk of raw stream bytes already in `buf[..len]`.
+    fn loaded(&mut self, len: usize, b: Boundaries, tail_boundary: bool) {
+        self.start_boundary = self.tail_boundary;
+        self.len = len;
+        self.pos = 0;
+        self.b = b;
+        self.tail_boundary = tail_boundary;
+    }
+
+    /// Take whole handshake messages.
+    fn load_messages(&mut self, msgs: &[u8]) {
+        if self.buf.len() < msgs.len() {
+            self.buf.resize(msgs.len(), 0);
+        }
+        if let Some(dst) = self.buf.get_mut(..msgs.len()) {
+            dst.copy_from_slice(msgs);
+        }
+        self.start_boundary = true;
+        self.len = msgs.len();
+        self.pos = 0;
+        self.b = Boundaries {
+            first: None,
+            last: Some(msgs.len()),
+        };
+        self.tail_boundary = true;
+    }
+}
+
+/// Client → backend bytes read but not yet all written.
+struct Up {
+    buf: Vec<u8>,
+    len: usize,
+    pos: usize,
+    /// Bytes in `buf[..len]` the wire has not passed yet.
+    held: bool,
+}
+
+/// What one step of a direction did.
+enum Step {
+    Moved,
+    ClientGone,
+    BackendGone,
+    End(EndReason),
+}
+
+/// Backend → client state beyond the buffer.
+struct DownState {
+    down: Down,
+    hs_in: BytesMut,
+    hs_out: BytesMut,
+    inject: Vec<u8>,
+    inject_pos: usize,
+}
+
+async fn up_step<W: Wire>(
+    up: &mut Up,
+    wire: &std::sync::Mutex<&mut W>,
+    client: &mut ReadHalf<'_>,
+    backend: &mut WriteHalf<'_>,
+    session: &Session,
+    counter: &metrics::Counter,
+) -> Step {
+    if !up.held && up.pos < up.len {
+        return match backend
+            .write(up.buf.get(up.pos..up.len).unwrap_or_default())
+            .await
+        {
+            Ok(0) | Err(_) => Step::BackendGone,
+            Ok(n) => {
+                up.pos += n;
+                Step::Moved
+            }
+        };
+    }
+    if !up.held {
+        up.len = 0;
+        up.pos = 0;
+    }
+    let Some(space) = up.buf.get_mut(up.len..).filter(|s| !s.is_empty()) else {
+        // The wire held a message larger than the buffer.
+        return Step::End(EndReason::Error);
+    };
+    let n = match client.read(space).await {
+        Ok(0) | Err(_) => return Step::ClientGone,
+        Ok(n) => n,
+    };
+    up.len += n;
+    session.touch();
+    session.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+    counter.increment(n as u64);
+    let verdict = {
+        let mut w = wire.lock().unwrap_or_else(|p| p.into_inner());
+        w.inspect_up(up.buf.get(..up.len).unwrap_or_default(), n)
+    };
+    match verdict {
+        UpVerdict::Pass => {
+            up.held = false;
+            Step::Moved
+        }
+        UpVerdict::Hold => {
+            up.held = true;
+            Step::Moved
+        }
+        UpVerdict::End(r) => Step::End(r),
+    }
+}
+
+async fn down_step<W: Wire>(
+    st: &mut DownState,
+    wire: &std::sync::Mutex<&mut W>,
+    backend: &mut ReadHalf<'_>,
+    client: &mut WriteHalf<'_>,
+    session: &Session,
+    counter: &metrics::Counter,
+) -> Step {
+    let injecting = st.inject_pos < st.inject.len();
+    if injecting && st.down.at_boundary() {
+        return match client
+            .write(st.inject.get(st.inject_pos..).unwrap_or_default())
+            .await
+        {
+            Ok(0) | Err(_) => Step::ClientGone,
+            Ok(n) => {
+                st.inject_pos += n;
+                if st.inject_pos >= st.inject.len() {
+                    st.inject.clear();
+                    st.inject_pos = 0;
+                }
+                Step::Moved
+            }
+        };
+    }
+    if st.down.pending() {
+        let end = if injecting {
+            st.down.next_boundary().unwrap_or(st.down.len)
+        } else {
+            st.down.len
+        };
+        return match client
+            .write(st.down.buf.get(st.down.pos..end).unwrap_or_default())
+            .await
+        {
+            Ok(0) | Err(_) => Step::ClientGone,
+            Ok(n) => {
+                st.down.pos += n;
+                Step::Moved
+            }
+        };
+    }
+    let in_handshake = wire
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .in_handshake();
+    let n = if in_handshake {
+        if st.hs_in.len() >= MAX_HANDSHAKE_BUFFER {
+            tracing::warn!(session = %session.id, "backend handshake message too long");
+            return Step::BackendGone;
+        }
+        st.hs_in.reserve(4096);
+        match backend.read_buf(&mut st.hs_in).await {
+            Ok(0) | Err(_) => return Step::BackendGone,
+            Ok(n) => n,
+        }
+    } else if !st.hs_in.is_empty() {
+        // Bytes that followed the end of the handshake in the same read.
+        let n = st.hs_in.len().min(st.down.buf.len());
+        let chunk = st.hs_in.split_to(n);
+        if let Some(dst) = st.down.buf.get_mut(..n) {
+            dst.copy_from_slice(&chunk);
+        }
+        st.down.len = n;
+        0
+    } else {
+        match backend.read(&mut st.down.buf).await {
+            Ok(0) | Err(_) => return Step::BackendGone,
+            Ok(n) => {
+                st.down.len = n;
+                n
+            }
+        }
+    };
+    session.touch();
+    session.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+    counter.increment(n as u64);
+    let mut w = wire.lock().unwrap_or_else(|p| p.into_inner());
+    if in_handshake {
+        if let Err(e) = w.handshake_down(&mut st.hs_in, &mut st.hs_out) {
+            tracing::warn!(session = %session.id, error = %e, "backend broke the protocol during the handshake");
+            return Step::BackendGone;
+        }
+        st.down.load_messages(&st.hs_out);
+        st.hs_out.clear();
+        return Step::Moved;
+    }
+    match w.feed_down(st.down.buf.get(..st.down.len).unwrap_or_default()) {
+        Ok(b) => {
+            let tail = w.down_at_boundary();
+            let len = st.down.len;
+            st.down.loaded(len, b, tail);
+            Step::Moved
+        }
+        Err(e) => {
+            tracing::warn!(session = %session.id, error = %e, "backend broke the protocol");
+            Step::BackendGone
+        }
+    }
+}
+
+/// Relay until the session ends; returns why and when the cause happened.
+/// On an enforced end the client is told why at a message boundary (where
+/// the wire has a farewell), the wire's end action runs, and both sockets
+/// are closed, all within [`FINISH_BUDGET`].
+pub async fn run<W: Wire>(
+    p: RelayParams,
+    mut wire: W,
+    mut client: TcpStream,
+    mut backend: TcpStream,
+) -> (EndReason, Option<std::time::Instant>) {
+    let session = p.session.clone();
+    let mut enforcer = Enforcer::new(session.clone(), p.idle, &p.warnings);
+    let (bytes_up, bytes_down) = crate::metrics::byte_counters(&session.resource);
+    let mut up = Up {
+        buf: vec![0u8; p.buffer_size],
+        len: 0,
+        pos: 0,
+        held: false,
+    };
+    let mut st = DownState {
+        down: Down {
+            buf: vec![0u8; p.buffer_size],
+            len: 0,
+            pos: 0,
+            b: Boundaries::default(),
+            start_boundary: true,
+            tail_boundary: true,
+        },
+        hs_in: BytesMut::new(),
+        hs_out: BytesMut::new(),
+        inject: Vec::new(),
+        inject_pos: 0,
+    };
+    let handshake_timer = tokio::time::sleep_until(
+        p.handshake_deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365)),
+    );
+    tokio::pin!(handshake_timer);
+
+    let (reason, since) = {
+        // Both directions consult the wire; they never hold the lock
+        // across an await, so it is never contended for long.
+        let wire_ref = std::sync::Mutex::new(&mut wire);
+        let (mut client_r, mut client_w) = client.split();
+        let (mut backend_r, mut backend_w) = backend.split();
+        loop {
+            let in_handshake = wire_ref
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .in_handshake();
+            tokio::select! {
+                biased;
+                e = enforcer.next() => match e {
+                    Enforcement::End { reason, since } => break (reason, Some(since)),
+                    Enforcement::Warn { remaining, at } => {
+                        if !in_handshake {
+                            let msg = wire_ref
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .warning(&session, remaining, at);
+                            if let Some(msg) = msg {
+                                st.inject = msg;
+                                st.inject_pos = 0;
+                            }
+                        }
+                    }
+                },
+                _ = &mut handshake_timer, if in_handshake && p.handshake_deadline.is_some() => {
+                    break (EndReason::Error, None);
+                }
+                s = up_step(&mut up, &wire_ref, &mut client_r, &mut backend_w, &session, &bytes_up) => match s {
+                    Step::Moved => {}
+                    Step::ClientGone => break (EndReason::Client, None),
+                    Step::BackendGone => break (EndReason::Backend, None),
+                    Step::End(r) => break (r, Some(std::time::Instant::now())),
+                },
+                s = down_step(&mut st, &wire_ref, &mut backend_r, &mut client_w, &session, &bytes_down) => match s {
+                    Step::Moved => {}
+                    Step::ClientGone => break (EndReason::Client, None),
+                    Step::BackendGone => break (EndReason::Backend, None),
+                    Step::End(r) => break (r, Some(std::time::Instant::now())),
+                },
+            }
+        }
+    };
+
+    if reason.is_enforced() {
+        let farewell = wire.farewell(&session, &reason);
+        let action = wire.end_action();
+        let finish_client = async {
+            if let Some(msg) = farewell {
+                if drain_to_boundary(&mut client, &mut backend, &mut st.down, &mut wire).await {
+                    let _ = client.write_all(&msg).await;
+                }
+            }
+            let _ = client.shutdown().await;
+        };
+        let run_action = async {
+            if let Some(a) = action {
+                a.await;
+            }
+        };
+        let _ = tokio::time::timeout(FINISH_BUDGET, async {
+            tokio::join!(finish_client, run_action)
+        })
+        .await;
+    } else {
+        let _ = tokio::time::timeout(FINISH_BUDGET, client.shutdown()).await;
+    }
+    drop(backend);
+    drop(client);
+    (reason, since)
+}
+
+/// Bring the client stream to a message boundary: write what is pending up
+/// to the next boundary, reading more from the backend if the current
+/// message is not complete yet. False if that is not possible.
+async fn drain_to_boundary<W: Wire>(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    down: &mut Down,
+    wire: &mut W,
+) -> bool {
+    loop {
+        if down.at_boundary() {
+            return true;
+        }
+        if down.pending() {
+            let end = down.next_boundary().unwrap_or(down.len);
+            let Some(slice) = down.buf.get(down.pos..end) else {
+                return false;
+            };
+            match client.write(slice).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => down.pos += n,
+            }
+            continue;
+        }
+        if wire.in_handshake() {
+            // Whole messages only in this phase: always at a boundary.
+            return true;
+        }
+        match backend.read(&mut down.buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => match wire.feed_down(down.buf.get(..n).unwrap_or_default()) {
+                Ok(b) => {
+                    let tail = wire.down_at_boundary();
+                    down.loaded(n, b, tail);
+                }
+                Err(_) => return false,
+            },
+        }
+    }
+}
