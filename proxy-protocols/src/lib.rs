@@ -28,3 +28,5 @@
 #![warn(missing_docs)]
 
 pub mod postgres;
+pub mod proxy;
+pub mod ssh;
