@@ -1,21 +1,30 @@
 //! Admission: the one place where a connection is let in or refused, for
 //! every protocol.
 //!
+//! Identity is a login (PostgreSQL, MySQL: the grant must list it) or the
+//! client's source address (SSH, TCP: one of the grant's `sources` CIDRs
+//! must contain it). Either way the grant is found in O(1) or among that
+//! resource's grants only (see [`crate::grants`]).
+//!
 //! Invariants:
-//! - Nothing reaches a backend before [`admit`] returns `Ok`.
+//! - Not a byte reaches a backend before [`admit`] returns `Ok`.
 //! - The session is registered (and so revocable) *before* the final grant
 //!   check; see [`crate::sessions`].
-//! - `session.started` is written before the backend is dialled; if the
+//! - `session.started` is written before any byte is sent to the backend
+//!   (PostgreSQL and TCP before it is even dialled; SSH dials it first to
+//!   read the server's version line, which the record carries); if the
 //!   audit log cannot be written, access is refused (fail closed).
 //! - Every refusal is audited (`session.denied`) and counted.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::audit::Event;
 use crate::config::ResourceConfig;
 use crate::gateway::Gateway;
+use crate::grants::Grant;
 use crate::metrics::{self as m, Outcome};
 use crate::sessions::{NewSession, Session, SessionGuard};
 
@@ -24,14 +33,36 @@ use crate::sessions::{NewSession, Session, SessionGuard};
 pub enum Identity<'a> {
     /// A database login (PostgreSQL `user`, MySQL username).
     Login(&'a str),
+    /// The client's address (SSH, TCP: the stream tells nothing else).
+    Source(IpAddr),
 }
 
 impl Identity<'_> {
-    fn login(&self) -> &str {
+    /// The login, for identities that have one.
+    fn login(&self) -> Option<&str> {
         match self {
-            Identity::Login(l) => l,
+            Identity::Login(l) => Some(l),
+            Identity::Source(_) => None,
         }
     }
+}
+
+impl fmt::Display for Identity<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Login(l) => f.write_str(l),
+            Identity::Source(ip) => write!(f, "{}", ip.to_canonical()),
+        }
+    }
+}
+
+/// Protocol facts recorded in `session.started` beyond the identity.
+#[derive(Debug, Clone, Default)]
+pub struct Details {
+    /// The client's software version (SSH: its identification line).
+    pub client_version: Option<String>,
+    /// The server's software version (SSH: its identification line).
+    pub server_version: Option<String>,
 }
 
 /// Why a connection was refused.
@@ -71,14 +102,62 @@ pub fn admit(
     peer: SocketAddr,
     accepted: Instant,
 ) -> Result<Admitted, Refusal> {
+    admit_with(gw, resource, identity, peer, accepted, Details::default())
+}
+
+fn lookup(
+    gw: &Gateway,
+    resource: &str,
+    identity: Identity<'_>,
+    peer: SocketAddr,
+) -> Option<Arc<Grant>> {
+    match identity {
+        Identity::Login(l) => gw.grants.find_login(resource, l, peer.ip()),
+        Identity::Source(ip) => gw.grants.find_source(resource, ip),
+    }
+}
+
+/// Refuse at once, audited and counted, when no live grant admits
+/// `identity`. For protocols that know the identity before they need the
+/// backend (SSH reads the server's version line before [`admit_with`]), so
+/// a client without a grant never makes jitgate dial it. [`admit_with`]
+/// checks again.
+pub fn precheck(
+    gw: &Gateway,
+    resource: &ResourceConfig,
+    identity: Identity<'_>,
+    peer: SocketAddr,
+    accepted: Instant,
+) -> Result<(), Refusal> {
+    match lookup(gw, resource.name(), identity, peer) {
+        Some(_) => Ok(()),
+        None => Err(refuse(
+            gw,
+            resource,
+            identity,
+            peer,
+            accepted,
+            Refusal::NoGrant,
+        )),
+    }
+}
+
+/// [`admit`], recording protocol `details` in `session.started`.
+pub fn admit_with(
+    gw: &Gateway,
+    resource: &ResourceConfig,
+    identity: Identity<'_>,
+    peer: SocketAddr,
+    accepted: Instant,
+    details: Details,
+) -> Result<Admitted, Refusal> {
     let name = resource.name();
     let protocol = resource.protocol().as_str();
-    let login = identity.login();
-    let Some(grant) = gw.grants.find(name, login) else {
+    let Some(grant) = lookup(gw, name, identity, peer) else {
         return Err(refuse(
             gw,
             resource,
-            login,
+            identity,
             peer,
             accepted,
             Refusal::NoGrant,
@@ -86,7 +165,7 @@ pub fn admit(
     };
     let guard = gw.sessions.register(NewSession {
         grant: grant.clone(),
-        login: login.to_string(),
+        login: identity.login().unwrap_or_default().to_string(),
         resource: name.to_string(),
         protocol: resource.protocol(),
         client_addr: peer,
@@ -99,7 +178,7 @@ pub fn admit(
         return Err(refuse(
             gw,
             resource,
-            login,
+            identity,
             peer,
             accepted,
             Refusal::NoGrant,
@@ -109,31 +188,33 @@ pub fn admit(
     e.session_id = Some(session.id);
     e.grant_id = Some(grant.id);
     e.principal = Some(grant.principal.clone());
-    e.login = Some(login.to_string());
+    e.login = identity.login().map(str::to_string);
     e.resource = Some(name.to_string());
     e.protocol = Some(protocol);
     e.client_addr = Some(peer);
     e.expires_at = Some(session.deadline());
+    e.client_version = details.client_version;
+    e.server_version = details.server_version;
     if gw.audit.write(e).is_err() {
         drop(guard);
         return Err(refuse(
             gw,
             resource,
-            login,
+            identity,
             peer,
             accepted,
             Refusal::AuditUnavailable,
         ));
     }
     m::handshake(accepted.elapsed());
-    tracing::info!(session = %session.id, %peer, resource = name, login, grant = %grant.id, "session started");
+    tracing::info!(session = %session.id, %peer, resource = name, who = %identity, grant = %grant.id, "session started");
     Ok(Admitted { guard, session })
 }
 
 fn refuse(
     gw: &Gateway,
     resource: &ResourceConfig,
-    login: &str,
+    identity: Identity<'_>,
     peer: SocketAddr,
     accepted: Instant,
     why: Refusal,
@@ -142,17 +223,17 @@ fn refuse(
     let protocol = resource.protocol().as_str();
     if why == Refusal::NoGrant {
         let mut e = Event::new("session.denied");
-        e.login = Some(login.to_string());
+        e.login = identity.login().map(str::to_string);
         e.resource = Some(name.to_string());
         e.protocol = Some(protocol);
         e.client_addr = Some(peer);
         e.outcome = Some("no_grant");
         let _ = gw.audit.write(e);
         m::connection(name, protocol, Outcome::Denied);
-        tracing::info!(%peer, resource = name, login, "session denied: no active grant");
+        tracing::info!(%peer, resource = name, who = %identity, "session denied: no active grant");
     } else {
         m::connection(name, protocol, Outcome::Error);
-        tracing::error!(%peer, resource = name, login, "session refused: audit log unavailable");
+        tracing::error!(%peer, resource = name, who = %identity, "session refused: audit log unavailable");
     }
     m::handshake(accepted.elapsed());
     why

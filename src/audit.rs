@@ -36,6 +36,9 @@ pub struct Event {
     /// Resource name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// Source networks a grant admits, comma-separated (`grant.created`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<String>,
     /// Resource protocol.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<&'static str>,
@@ -69,6 +72,14 @@ pub struct Event {
     /// A bounded outcome word (e.g. the end reason label).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<&'static str>,
+    /// The client's software version (SSH identification line), in
+    /// `session.started`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
+    /// The server's software version (SSH identification line), in
+    /// `session.started`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
     /// Grant deadline (grant events).
     #[serde(
         skip_serializing_if = "Option::is_none",

@@ -96,7 +96,24 @@ impl Gateway {
                 new.principal
             ))
         })?;
-        if new.logins.is_empty() && resource.protocol().is_supported() {
+        let protocol = resource.protocol();
+        if protocol.identifies_by_source() {
+            // ssh/tcp streams carry no login: the source address is the identity.
+            if !new.logins.is_empty() {
+                return Err(OpError::Invalid(format!(
+                    "{} resource {:?} is reached by source address, not by login: give --source CIDR instead of --login",
+                    protocol.as_str(),
+                    new.resource
+                )));
+            }
+            if new.sources.is_empty() {
+                return Err(OpError::Invalid(format!(
+                    "a grant on {} resource {:?} needs at least one source network (--source CIDR)",
+                    protocol.as_str(),
+                    new.resource
+                )));
+            }
+        } else if new.logins.is_empty() {
             return Err(OpError::Invalid(format!(
                 "no login to grant: give --login or list logins for user {:?}",
                 new.principal
@@ -115,7 +132,13 @@ impl Gateway {
         e.actor = Some(new.actor.clone());
         e.reason = Some(new.reason.clone());
         e.duration_ms = Some(u64::try_from(new.duration.as_millis()).unwrap_or(u64::MAX));
-        e.login = Some(new.logins.join(","));
+        if !new.logins.is_empty() {
+            e.login = Some(new.logins.join(","));
+        }
+        if !new.sources.is_empty() {
+            let sources: Vec<String> = new.sources.iter().map(ToString::to_string).collect();
+            e.sources = Some(sources.join(","));
+        }
         let grant = self.grants.insert(new);
         e.grant_id = Some(grant.id);
         e.expires_at = Some(grant.expires_at());

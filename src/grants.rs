@@ -1,7 +1,12 @@
 //! The grant table: who may reach which resource, as which login, until when.
 //!
 //! Invariants:
-//! - Admission is an O(1) lookup by `(resource, login)` through `index`.
+//! - Admission never scans the whole table: a login (postgres, mysql) is an
+//!   O(1) lookup by `(resource, login)` through `index`; a source address
+//!   (ssh, tcp) looks only at that resource's source-bound grants (those
+//!   without logins) through `by_source`.
+//! - A grant with `sources` admits only peers inside one of them; a
+//!   source-bound grant with no sources admits no one (fail closed).
 //! - A grant in the table is *live* until its deadline, its revocation, or
 //!   process shutdown. Its [`CancellationToken`] is the parent of every
 //!   session that lives on it, so cancelling it ends them all; the reason is
@@ -10,6 +15,7 @@
 //!   at its deadline with no traffic needed to notice.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,7 +47,8 @@ pub struct NewGrant {
     pub resource: String,
     /// Database logins it admits (postgres/mysql).
     pub logins: Vec<String>,
-    /// Client source networks it admits (ssh/tcp); empty = any.
+    /// Client source networks it admits: required for ssh/tcp; for
+    /// postgres/mysql an optional restriction (empty = any address).
     pub sources: Vec<IpNet>,
     /// How long from now.
     pub duration: Duration,
@@ -110,6 +117,18 @@ impl Grant {
         !self.token.is_cancelled() && self.expires_at() > now
     }
 
+    /// Whether a connection from `ip` falls inside the grant's sources;
+    /// no sources admit any address.
+    fn admits_from(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.sources.is_empty() || self.sources.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether the grant is bound to source addresses rather than logins.
+    pub fn is_source_bound(&self) -> bool {
+        self.logins.is_empty()
+    }
+
     /// End the grant for `reason` (first reason wins) and cancel every
     /// session on it.
     fn end(&self, reason: EndReason) {
@@ -126,6 +145,8 @@ pub struct GrantTable {
     by_id: DashMap<GrantId, Arc<Grant>>,
     /// `(resource, login)` → grants that admit that login.
     index: DashMap<IndexKey, Vec<Arc<Grant>>>,
+    /// resource → its source-bound grants (no logins; ssh/tcp).
+    by_source: DashMap<String, Vec<Arc<Grant>>>,
     /// Deadlines, for the expiry task.
     deadlines: Mutex<BTreeSet<(SystemTime, GrantId)>>,
     wake: Notify,
@@ -138,6 +159,7 @@ impl GrantTable {
         GrantTable {
             by_id: DashMap::new(),
             index: DashMap::new(),
+            by_source: DashMap::new(),
             deadlines: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
             root,
@@ -169,6 +191,12 @@ impl GrantTable {
                 .or_default()
                 .push(grant.clone());
         }
+        if grant.is_source_bound() {
+            self.by_source
+                .entry(grant.resource.clone())
+                .or_default()
+                .push(grant.clone());
+        }
         self.by_id.insert(grant.id, grant.clone());
         self.schedule(expires_at, grant.id);
         grant
@@ -185,15 +213,29 @@ impl GrantTable {
         }
     }
 
-    /// The live grant that admits `login` on `resource`, the one that lasts
-    /// longest when several do.
-    pub fn find(&self, resource: &str, login: &str) -> Option<Arc<Grant>> {
+    /// The live grant that admits `login` on `resource` from `from` (its
+    /// sources, if it has any, must contain that address); the one that
+    /// lasts longest when several do.
+    pub fn find_login(&self, resource: &str, login: &str, from: IpAddr) -> Option<Arc<Grant>> {
         let now = SystemTime::now();
         // The guard is dropped at the end of this expression.
         self.index
             .get(&(resource.to_string(), login.to_string()))?
             .iter()
-            .filter(|g| g.is_live(now))
+            .filter(|g| g.is_live(now) && g.admits_from(from))
+            .max_by_key(|g| g.expires_at())
+            .cloned()
+    }
+
+    /// The live source-bound grant on `resource` whose sources contain
+    /// `from`; the one that lasts longest when several do.
+    pub fn find_source(&self, resource: &str, from: IpAddr) -> Option<Arc<Grant>> {
+        let now = SystemTime::now();
+        // The guard is dropped at the end of this expression.
+        self.by_source
+            .get(resource)?
+            .iter()
+            .filter(|g| g.is_live(now) && !g.sources.is_empty() && g.admits_from(from))
             .max_by_key(|g| g.expires_at())
             .cloned()
     }
@@ -227,6 +269,12 @@ impl GrantTable {
             let key = (grant.resource.clone(), login.clone());
             // Drop the entry if it becomes empty; the guard lives only in this call.
             self.index.remove_if_mut(&key, |_, v| {
+                v.retain(|g| g.id != grant.id);
+                v.is_empty()
+            });
+        }
+        if grant.is_source_bound() {
+            self.by_source.remove_if_mut(&grant.resource, |_, v| {
                 v.retain(|g| g.id != grant.id);
                 v.is_empty()
             });
@@ -310,13 +358,104 @@ mod tests {
         }
     }
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn source_grant(resource: &str, sources: &[&str], secs: u64) -> NewGrant {
+        NewGrant {
+            logins: vec![],
+            sources: sources.iter().map(|s| s.parse().unwrap()).collect(),
+            ..new(resource, "unused", secs)
+        }
+    }
+
     #[test]
     fn find_by_resource_and_login_only() {
         let t = GrantTable::new(CancellationToken::new());
         let g = t.insert(new("pg", "alice", 60));
-        assert_eq!(t.find("pg", "alice").map(|g| g.id), Some(g.id));
-        assert!(t.find("pg", "bob").is_none());
-        assert!(t.find("other", "alice").is_none());
+        assert_eq!(t.find_login("pg", "alice", LOCAL).map(|g| g.id), Some(g.id));
+        assert!(t.find_login("pg", "bob", LOCAL).is_none());
+        assert!(t.find_login("other", "alice", LOCAL).is_none());
+        assert!(
+            t.find_source("pg", LOCAL).is_none(),
+            "a login grant is not source-bound"
+        );
+    }
+
+    #[test]
+    fn a_login_grant_with_sources_admits_only_from_them() {
+        let t = GrantTable::new(CancellationToken::new());
+        let g = t.insert(NewGrant {
+            sources: vec!["10.1.0.0/16".parse().unwrap()],
+            ..new("pg", "alice", 60)
+        });
+        assert_eq!(
+            t.find_login("pg", "alice", ip("10.1.2.3")).map(|g| g.id),
+            Some(g.id)
+        );
+        assert!(t.find_login("pg", "alice", ip("10.2.0.1")).is_none());
+        assert!(t.find_login("pg", "alice", LOCAL).is_none());
+    }
+
+    #[test]
+    fn find_source_matches_cidrs_of_that_resource_only() {
+        let t = GrantTable::new(CancellationToken::new());
+        let net = t.insert(source_grant(
+            "ssh",
+            &["192.168.0.0/24", "2001:db8::/32"],
+            60,
+        ));
+        let host = t.insert(source_grant("ssh", &["192.168.0.7/32"], 3600));
+        let other = t.insert(source_grant("tcp", &["127.0.0.1/32"], 60));
+        // The longest-lasting of two matching grants wins.
+        assert_eq!(
+            t.find_source("ssh", ip("192.168.0.7")).map(|g| g.id),
+            Some(host.id)
+        );
+        assert_eq!(
+            t.find_source("ssh", ip("192.168.0.8")).map(|g| g.id),
+            Some(net.id)
+        );
+        assert_eq!(
+            t.find_source("ssh", ip("2001:db8::1")).map(|g| g.id),
+            Some(net.id)
+        );
+        // IPv4-mapped IPv6 peers (a dual-stack listener) match IPv4 networks.
+        assert_eq!(
+            t.find_source("ssh", ip("::ffff:192.168.0.9")).map(|g| g.id),
+            Some(net.id)
+        );
+        assert!(t.find_source("ssh", ip("192.168.1.1")).is_none());
+        assert!(
+            t.find_source("ssh", LOCAL).is_none(),
+            "another resource's grant"
+        );
+        assert_eq!(t.find_source("tcp", LOCAL).map(|g| g.id), Some(other.id));
+        assert!(t.find_login("ssh", "unused", LOCAL).is_none());
+    }
+
+    #[test]
+    fn a_source_bound_grant_without_sources_admits_no_one() {
+        let t = GrantTable::new(CancellationToken::new());
+        t.insert(source_grant("ssh", &[], 60));
+        assert!(t.find_source("ssh", LOCAL).is_none());
+    }
+
+    #[test]
+    fn removing_and_expiring_source_grants_unindexes_them() {
+        let t = GrantTable::new(CancellationToken::new());
+        let a = t.insert(source_grant("ssh", &["127.0.0.0/8"], 1));
+        let b = t.insert(source_grant("ssh", &["127.0.0.0/8"], 3600));
+        t.remove(&b.id, EndReason::Expired);
+        assert_eq!(t.find_source("ssh", LOCAL).map(|g| g.id), Some(a.id));
+        let gone = t.expire_due(SystemTime::now() + Duration::from_secs(2));
+        assert_eq!(gone.len(), 1);
+        assert!(t.find_source("ssh", LOCAL).is_none());
+        assert!(t.by_source.is_empty());
+        assert!(t.is_empty());
     }
 
     #[test]
@@ -338,7 +477,7 @@ mod tests {
             removed.end_reason(),
             Some(EndReason::Revoked { .. })
         ));
-        assert!(t.find("pg", "alice").is_none());
+        assert!(t.find_login("pg", "alice", LOCAL).is_none());
         assert!(t.is_empty());
         assert!(t.index.is_empty());
     }
@@ -379,7 +518,7 @@ mod tests {
             .unwrap();
         assert_eq!(expired, Some(g.id));
         assert!(g.token().is_cancelled());
-        assert!(t.find("pg", "a").is_none());
+        assert!(t.find_login("pg", "a", LOCAL).is_none());
         stop.cancel();
         task.await.unwrap();
     }

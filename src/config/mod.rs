@@ -102,6 +102,12 @@ impl Protocol {
     pub fn is_supported(self) -> bool {
         matches!(self, Protocol::Postgres)
     }
+
+    /// Whether a client is identified by its source address (ssh, tcp)
+    /// rather than by a login the protocol carries (postgres, mysql).
+    pub fn identifies_by_source(self) -> bool {
+        matches!(self, Protocol::Ssh | Protocol::Tcp)
+    }
 }
 
 /// `[[resource]]`: one guarded backend and the address clients use for it.
