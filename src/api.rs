@@ -110,10 +110,12 @@ pub struct CreateGrant {
     pub resource: String,
     /// How long (`30m`).
     pub duration: HumanDuration,
-    /// Logins; default: all of the user's configured logins.
+    /// Logins (postgres/mysql); default: all of the user's configured logins.
     #[serde(default)]
     pub logins: Option<Vec<String>>,
-    /// Source networks (CIDR); default: any.
+    /// Source networks (CIDR or address). Required for ssh/tcp, where the
+    /// default is the address the request came from; an optional
+    /// restriction for postgres/mysql (default: any address).
     #[serde(default)]
     pub sources: Vec<String>,
     /// Why (required).

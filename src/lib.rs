@@ -1,16 +1,18 @@
 //! jitgate: a just-in-time access gateway.
 //!
-//! A tokio proxy between clients and PostgreSQL (MySQL/MariaDB and SSH/TCP
-//! to come). Access is granted only for a limited time; every connection is
-//! checked against the in-memory grant table, and when a grant ends the live
-//! sockets are closed at once with the reason shown in the client's own
-//! protocol. Where things live:
+//! A tokio proxy between clients and PostgreSQL, SSH or any TCP service
+//! (MySQL/MariaDB to come). Access is granted only for a limited time; every
+//! connection is checked against the in-memory grant table, and when a grant
+//! ends the live sockets are closed at once, with the reason shown in the
+//! client's own protocol where it has a way to show one. Where things live:
 //!
-//! - [`server`]: bind listeners, accept loops, shutdown;
+//! - [`server`]: bind listeners, accept loops (PROXY protocol from trusted
+//!   load balancers), shutdown; [`conn`]: socket chores shared by handlers;
 //! - [`admission`]: where every connection is let in or refused;
 //! - [`relay`]: bytes both ways and where a session is killed, for every
 //!   protocol; [`postgres`]: one PostgreSQL connection from startup to close
-//!   and its [`relay::Wire`];
+//!   and its [`relay::Wire`]; [`ssh`] and [`tcp`]: SSH and plain TCP,
+//!   identified by source address, relayed opaquely;
 //! - [`grants`] and [`sessions`]: the grant table and the live-session
 //!   registry with its kill switches; [`enforce`]: each session's clock;
 //! - [`gateway`]: the access operations (grant, revoke, kill) and their audit;
@@ -34,6 +36,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod ending;
 pub mod enforce;
 pub mod gateway;
@@ -43,4 +46,6 @@ pub mod postgres;
 pub mod relay;
 pub mod server;
 pub mod sessions;
+pub mod ssh;
+pub mod tcp;
 pub mod timefmt;

@@ -9,6 +9,13 @@
 //! access ends and what to do to the backend then (cancel a running query).
 //! Opaque streams (SSH, TCP) use [`Opaque`]: no boundaries, no messages.
 //!
+//! Half-close: for a wire whose [`Wire::half_close`] is true (opaque
+//! streams), an end of stream from one side is passed on as a shutdown of
+//! the other socket's write side, and the other direction keeps flowing
+//! until it ends too; the session ends when both have (or at any enforced
+//! end, reset or write error). For a database protocol, one side closing
+//! ends the session at once: a PostgreSQL client that closes is gone.
+//!
 //! Invariants: one `select!` drives both directions, the enforcement clock
 //! and the kill switch, and every branch is a single cancel-safe read or
 //! write whose progress lives in the relay's state, so a slow reader on
@@ -118,6 +125,12 @@ pub trait Wire: Send {
     fn end_action(&mut self) -> Option<EndAction> {
         None
     }
+
+    /// Whether an end of stream from one side only half-closes the session
+    /// (see the module header). Default: it ends the session.
+    fn half_close(&self) -> bool {
+        false
+    }
 }
 
 /// An opaque stream (SSH, TCP): no boundaries, nothing injected.
@@ -130,6 +143,9 @@ impl Wire for Opaque {
     }
     fn down_at_boundary(&self) -> bool {
         false
+    }
+    fn half_close(&self) -> bool {
+        true
     }
 }
 
@@ -221,7 +237,13 @@ struct Up {
 /// What one step of a direction did.
 enum Step {
     Moved,
+    /// The client sent end of stream (FIN), with everything it sent written.
+    ClientEof,
+    /// The backend sent end of stream (FIN), with everything it sent written.
+    BackendEof,
+    /// The client socket failed (reset, write error).
     ClientGone,
+    /// The backend socket failed (reset, write error, protocol error).
     BackendGone,
     End(EndReason),
 }
@@ -264,7 +286,8 @@ async fn up_step<W: Wire>(
         return Step::End(EndReason::Error);
     };
     let n = match client.read(space).await {
-        Ok(0) | Err(_) => return Step::ClientGone,
+        Ok(0) => return Step::ClientEof,
+        Err(_) => return Step::ClientGone,
         Ok(n) => n,
     };
     up.len += n;
@@ -355,7 +378,8 @@ async fn down_step<W: Wire>(
         0
     } else {
         match backend.read(&mut st.down.buf).await {
-            Ok(0) | Err(_) => return Step::BackendGone,
+            Ok(0) => return Step::BackendEof,
+            Err(_) => return Step::BackendGone,
             Ok(n) => {
                 st.down.len = n;
                 n
@@ -428,12 +452,18 @@ pub async fn run<W: Wire>(
     );
     tokio::pin!(handshake_timer);
 
+    let half_close = wire.half_close();
     let (reason, since) = {
         // Both directions consult the wire; they never hold the lock
         // across an await, so it is never contended for long.
         let wire_ref = std::sync::Mutex::new(&mut wire);
         let (mut client_r, mut client_w) = client.split();
         let (mut backend_r, mut backend_w) = backend.split();
+        // With half-close, a direction whose source sent end of stream
+        // stops, and the first end of stream names the session's end.
+        let mut up_open = true;
+        let mut down_open = true;
+        let mut first_eof = None;
         loop {
             let in_handshake = wire_ref
                 .lock()
@@ -459,16 +489,33 @@ pub async fn run<W: Wire>(
                 _ = &mut handshake_timer, if in_handshake && p.handshake_deadline.is_some() => {
                     break (EndReason::Error, None);
                 }
-                s = up_step(&mut up, &wire_ref, &mut client_r, &mut backend_w, &session, &bytes_up) => match s {
+                s = up_step(&mut up, &wire_ref, &mut client_r, &mut backend_w, &session, &bytes_up), if up_open => match s {
                     Step::Moved => {}
-                    Step::ClientGone => break (EndReason::Client, None),
-                    Step::BackendGone => break (EndReason::Backend, None),
+                    Step::ClientEof if half_close => {
+                        // Pass the end of stream on; the backend may still answer.
+                        let _ = backend_w.shutdown().await;
+                        up_open = false;
+                        let first = first_eof.get_or_insert(EndReason::Client).clone();
+                        if !down_open {
+                            break (first, None);
+                        }
+                    }
+                    Step::ClientEof | Step::ClientGone => break (EndReason::Client, None),
+                    Step::BackendEof | Step::BackendGone => break (EndReason::Backend, None),
                     Step::End(r) => break (r, Some(std::time::Instant::now())),
                 },
-                s = down_step(&mut st, &wire_ref, &mut backend_r, &mut client_w, &session, &bytes_down) => match s {
+                s = down_step(&mut st, &wire_ref, &mut backend_r, &mut client_w, &session, &bytes_down), if down_open => match s {
                     Step::Moved => {}
-                    Step::ClientGone => break (EndReason::Client, None),
-                    Step::BackendGone => break (EndReason::Backend, None),
+                    Step::BackendEof if half_close => {
+                        let _ = client_w.shutdown().await;
+                        down_open = false;
+                        let first = first_eof.get_or_insert(EndReason::Backend).clone();
+                        if !up_open {
+                            break (first, None);
+                        }
+                    }
+                    Step::ClientEof | Step::ClientGone => break (EndReason::Client, None),
+                    Step::BackendEof | Step::BackendGone => break (EndReason::Backend, None),
                     Step::End(r) => break (r, Some(std::time::Instant::now())),
                 },
             }

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::{Config, Protocol, ResourceConfig};
+use crate::config::{Cidr, Config, Protocol, ResourceConfig};
+use crate::conn::{self, Endpoints};
 use crate::gateway::Gateway;
+use crate::metrics::{self as m, Outcome};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -179,12 +181,56 @@ async fn accept_loop(gw: Arc<Gateway>, resource: Arc<ResourceConfig>, listener: 
 async fn dispatch(
     gw: Arc<Gateway>,
     resource: Arc<ResourceConfig>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
 ) {
+    let peer = conn::canonical(peer);
+    let real = Endpoints {
+        client: peer,
+        local: stream
+            .local_addr()
+            .map(conn::canonical)
+            .unwrap_or_else(|_| resource.listen()),
+    };
+    // A trusted load balancer names the real client in a PROXY header.
+    let ends = if Cidr::any_contains(
+        resource.accept_proxy_protocol_from(&gw.config.gateway),
+        peer.ip(),
+    ) {
+        let t = gw.config.gateway.handshake_timeout.0;
+        let read = tokio::select! {
+            r = tokio::time::timeout(t, conn::read_proxy_header(&mut stream, real)) => r,
+            _ = gw.shutdown.cancelled() => return,
+        };
+        match read {
+            Ok(Ok(ends)) => ends,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, resource = resource.name(), error = %e, "bad PROXY protocol header from a trusted peer");
+                m::connection(
+                    resource.name(),
+                    resource.protocol().as_str(),
+                    Outcome::Error,
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, resource = resource.name(), "no PROXY protocol header from a trusted peer within the handshake timeout");
+                m::connection(
+                    resource.name(),
+                    resource.protocol().as_str(),
+                    Outcome::Error,
+                );
+                return;
+            }
+        }
+    } else {
+        real
+    };
     match resource.protocol() {
-        Protocol::Postgres => crate::postgres::handle(gw, resource, stream, peer).await,
+        Protocol::Postgres => crate::postgres::handle(gw, resource, stream, ends.client).await,
+        Protocol::Ssh => crate::ssh::handle(gw, resource, stream, ends).await,
+        Protocol::Tcp => crate::tcp::handle(gw, resource, stream, ends).await,
         // Rejected by config validation; close if one slips through.
-        Protocol::Mysql | Protocol::Ssh | Protocol::Tcp => drop(stream),
+        Protocol::Mysql => drop(stream),
     }
 }

@@ -85,6 +85,8 @@ pub struct Identification {
     line: String,
     /// Length of `SSH-protoversion-softwareversion`.
     software_end: usize,
+    /// Whether the line ended in CR LF (else a bare LF).
+    crlf: bool,
 }
 
 impl Identification {
@@ -115,6 +117,12 @@ impl Identification {
         self.line
             .get(self.software_end..)
             .and_then(|s| s.strip_prefix(' '))
+    }
+
+    /// Append the line exactly as it was received, terminator included.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_slice(self.line.as_bytes());
+        out.put_slice(if self.crlf { b"\r\n" } else { b"\n" });
     }
 }
 
@@ -232,9 +240,10 @@ impl IdentDecoder {
             return Ok(None);
         };
         let len = nl + 1;
-        let content = strip_terminator(window.get(..nl).unwrap_or_default())?;
+        let raw = window.get(..nl).unwrap_or_default();
+        let content = strip_terminator(raw)?;
         if version == Some(true) {
-            let ident = parse_version(content)?;
+            let ident = parse_version(content, raw.len() != content.len())?;
             let _ = buf.split_to(len);
             self.done = true;
             return Ok(Some(IdentLine::Version(ident)));
@@ -281,7 +290,7 @@ fn strip_terminator(line: &[u8]) -> Result<&[u8], IdentError> {
     Ok(content)
 }
 
-fn parse_version(content: &[u8]) -> Result<Identification, IdentError> {
+fn parse_version(content: &[u8], crlf: bool) -> Result<Identification, IdentError> {
     if !content.iter().all(|b| (0x20..=0x7e).contains(b)) {
         return Err(IdentError::Malformed(
             "version line must be printable US-ASCII",
@@ -307,6 +316,7 @@ fn parse_version(content: &[u8]) -> Result<Identification, IdentError> {
     Ok(Identification {
         line: line.to_string(),
         software_end,
+        crlf,
     })
 }
 

@@ -2,16 +2,18 @@
 //! and JSON errors. Handlers live in [`routes`].
 //!
 //! Invariants: `/healthz` and `/metrics` answer without a token (scrapers);
-//! every `/v1` route needs one. Tokens are hashed and compared to every
+//! every `/v1` route needs one. The caller's address ([`Origin`]) is the TCP
+//! peer's; `X-Forwarded-For` is believed only from `trusted_proxies`. Tokens are hashed and compared to every
 //! configured hash in constant time. Every error is `{"error": "..."}` with
 //! the right status: 400 bad input, 401 no or invalid token, 403 role, 404,
 //! 409 conflict, 503 audit log unavailable.
 
 mod routes;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +22,7 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 
 use crate::api::ErrorBody;
-use crate::config::{Role, TokenHash};
+use crate::config::{Cidr, Role, TokenHash};
 use crate::gateway::{Gateway, OpError};
 
 /// Largest request body accepted.
@@ -38,7 +40,7 @@ pub enum Surface {
 /// Serve the API on `listener` until shutdown.
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, surface: Surface) {
     let stop = gw.shutdown.clone();
-    let app = router(gw, surface);
+    let app = router(gw, surface).into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -198,5 +200,132 @@ impl FromRequestParts<Arc<Gateway>> for Caller {
             name: u.name().to_string(),
             roles: u.roles.clone(),
         })
+    }
+}
+
+/// The address an API request came from: the TCP peer's, or, when the peer
+/// is one of `trusted_proxies`, the client named in `X-Forwarded-For`.
+/// `None` only when the router runs without connection info.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin(pub Option<IpAddr>);
+
+impl FromRequestParts<Arc<Gateway>> for Origin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, ApiError> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Ok(Origin(None));
+        };
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Ok(Origin(Some(forwarded_client(
+            peer.ip(),
+            forwarded,
+            &gw.config.gateway.trusted_proxies,
+        ))))
+    }
+}
+
+/// The client behind `peer`: `peer` itself unless it is trusted; otherwise
+/// the `X-Forwarded-For` entries are walked from the right (the hop nearest
+/// to us) past every trusted proxy, and the first untrusted address is the
+/// client. An entry that is not an address stops the walk: what is left of
+/// it could have been written by anyone.
+pub fn forwarded_client<'a>(
+    peer: IpAddr,
+    headers: impl Iterator<Item = &'a str>,
+    trusted: &[Cidr],
+) -> IpAddr {
+    let mut client = peer.to_canonical();
+    if !Cidr::any_contains(trusted, client) {
+        return client;
+    }
+    let entries: Vec<&str> = headers.flat_map(|h| h.split(',')).map(str::trim).collect();
+    for entry in entries.iter().rev() {
+        let Some(ip) = parse_forwarded_ip(entry) else {
+            return client;
+        };
+        client = ip.to_canonical();
+        if !Cidr::any_contains(trusted, client) {
+            return client;
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry: an address, possibly with a port
+/// (`192.0.2.1:1234`, `[2001:db8::1]:1234`).
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    entry.parse::<SocketAddr>().ok().map(|a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn nets(v: &[&str]) -> Vec<Cidr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_peers() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        // An untrusted peer: its header is ignored.
+        assert_eq!(
+            forwarded_client(ip("192.0.2.9"), ["198.51.100.1"].into_iter(), &trusted),
+            ip("192.0.2.9")
+        );
+        // A trusted peer: the nearest untrusted hop is the client.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), ["198.51.100.1"].into_iter(), &trusted),
+            ip("198.51.100.1")
+        );
+        // A client-forged left part does not win over the hop our proxy added.
+        assert_eq!(
+            forwarded_client(
+                ip("10.0.0.1"),
+                ["6.6.6.6, 198.51.100.1", "10.0.0.2"].into_iter(),
+                &trusted
+            ),
+            ip("198.51.100.1")
+        );
+        // Garbage stops the walk at the last good hop.
+        assert_eq!(
+            forwarded_client(
+                ip("10.0.0.1"),
+                ["1.2.3.4, junk, 10.0.0.3"].into_iter(),
+                &trusted
+            ),
+            ip("10.0.0.3")
+        );
+        // Ports and IPv4-mapped peers.
+        assert_eq!(
+            forwarded_client(
+                ip("::ffff:10.0.0.1"),
+                ["[2001:db8::1]:443"].into_iter(),
+                &trusted
+            ),
+            ip("2001:db8::1")
+        );
+        // No header from a trusted peer: the peer.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), std::iter::empty(), &trusted),
+            ip("10.0.0.1")
+        );
+        // Nothing trusted: never read.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), ["1.2.3.4"].into_iter(), &[]),
+            ip("10.0.0.1")
+        );
     }
 }

@@ -10,9 +10,9 @@ use axum::Json;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{ApiError, Caller};
+use super::{ApiError, Caller, Origin};
 use crate::api::{Closed, CreateGrant, GrantView, SessionView};
-use crate::config::Role;
+use crate::config::{Cidr, Role};
 use crate::gateway::Gateway;
 use crate::grants::{GrantKind, NewGrant};
 
@@ -66,26 +66,41 @@ pub async fn list_grants(State(gw): State<Arc<Gateway>>, caller: Caller) -> Json
     )
 }
 
-/// `POST /v1/grants` (admin): a break-glass grant.
+/// `POST /v1/grants` (admin): a break-glass grant. On an ssh/tcp resource
+/// with no `sources`, the grant admits the address the request came from
+/// ([`Origin`]); on a postgres/mysql resource with no `logins`, all of the
+/// user's logins.
 pub async fn create_grant(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
+    origin: Origin,
     body: Result<Json<CreateGrant>, JsonRejection>,
 ) -> Result<(StatusCode, Json<GrantView>), ApiError> {
     caller.require(Role::Admin)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_reason(&req.reason)?;
-    let sources = req
+    let mut sources = req
         .sources
         .iter()
         .map(|s| {
-            s.parse::<ipnet::IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            s.parse::<Cidr>()
+                .map(|c| c.0)
                 .map_err(|_| ApiError::bad_request(format!("{s:?} is not a CIDR")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let by_source = gw
+        .config
+        .resource(&req.resource)
+        .is_some_and(|r| r.protocol().identifies_by_source());
+    if by_source && sources.is_empty() {
+        let ip = origin.0.ok_or_else(|| {
+            ApiError::bad_request("cannot tell the address of this request: give sources")
+        })?;
+        sources.push(ipnet::IpNet::from(ip));
+    }
     let logins = match req.logins {
         Some(l) => l,
+        None if by_source => Vec::new(),
         None => gw
             .config
             .user(&req.principal)

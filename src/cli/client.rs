@@ -217,7 +217,11 @@ pub async fn sessions(api: &ApiArgs) -> anyhow::Result<()> {
             vec![
                 s.id.to_string(),
                 s.principal.clone(),
-                s.login.clone(),
+                if s.login.is_empty() {
+                    "-".into()
+                } else {
+                    s.login.clone()
+                },
                 s.resource.clone(),
                 s.client_addr.clone(),
                 s.started_at.clone(),

@@ -79,7 +79,9 @@ enum Command {
         /// Database login to admit (repeatable); default: all of the user's logins.
         #[arg(long = "login", value_name = "NAME")]
         logins: Vec<String>,
-        /// Client network to admit, for ssh/tcp resources (repeatable).
+        /// Client network (CIDR or address) to admit (repeatable). ssh/tcp
+        /// resources: who is admitted, by default the address the admin API
+        /// sees this command come from. postgres: an optional restriction.
         #[arg(long = "source", value_name = "CIDR")]
         sources: Vec<String>,
         /// Why (required, recorded in the audit log).

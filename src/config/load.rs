@@ -180,7 +180,16 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
             errs.push(
                 r.protocol.span(),
                 format!(
-                    "protocol {:?} is not supported by this build yet (supported: postgres)",
+                    "protocol {:?} is not supported by this build yet (supported: postgres, ssh, tcp)",
+                    r.protocol().as_str()
+                ),
+            );
+        }
+        if r.send_proxy_protocol() && !r.protocol().identifies_by_source() {
+            errs.push(
+                r.send_proxy_protocol.span(),
+                format!(
+                    "send_proxy_protocol is only available on ssh and tcp resources, not {}",
                     r.protocol().as_str()
                 ),
             );
@@ -318,6 +327,61 @@ backend = "nowhere"
         assert!(
             text.contains("f.toml:12:11: backend \"nowhere\" must be host:port"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_settings_parse_and_are_checked() {
+        let src = r#"
+[gateway]
+accept_proxy_protocol_from = ["10.0.0.0/8"]
+trusted_proxies = ["192.0.2.1"]
+
+[[resource]]
+name = "bastion"
+protocol = "ssh"
+listen = "127.0.0.1:2222"
+backend = "127.0.0.1:22"
+send_proxy_protocol = true
+accept_proxy_protocol_from = []
+
+[[resource]]
+name = "raw"
+protocol = "tcp"
+listen = "127.0.0.1:7001"
+backend = "127.0.0.1:7000"
+"#;
+        let c = parse_str(src, "f.toml").unwrap();
+        let (ssh, tcp) = (&c.resources[0], &c.resources[1]);
+        assert!(ssh.send_proxy_protocol());
+        assert!(ssh.accept_proxy_protocol_from(&c.gateway).is_empty());
+        assert!(!tcp.send_proxy_protocol());
+        assert_eq!(tcp.accept_proxy_protocol_from(&c.gateway).len(), 1);
+        assert_eq!(c.gateway.trusted_proxies[0].to_string(), "192.0.2.1/32");
+
+        let bad = r#"
+[gateway]
+trusted_proxies = ["10.0.0.0/40"]
+
+[[resource]]
+name = "pg"
+protocol = "postgres"
+listen = "127.0.0.1:7000"
+backend = "127.0.0.1:5432"
+send_proxy_protocol = true
+"#;
+        let e = parse_str(bad, "f.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("f.toml:3:19: \"10.0.0.0/40\" is not a CIDR"),
+            "{e}"
+        );
+        let bad = bad.replace("[\"10.0.0.0/40\"]", "[]");
+        let e = parse_str(&bad, "f.toml").unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "f.toml:10:23: send_proxy_protocol is only available on ssh and tcp resources"
+            ),
+            "{e}"
         );
     }
 

@@ -9,7 +9,7 @@ mod load;
 mod types;
 
 pub use load::{load_file, parse_str, ConfigError, ConfigErrors};
-pub use types::{HumanDuration, TokenHash};
+pub use types::{Cidr, HumanDuration, TokenHash};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +53,17 @@ pub struct GatewayConfig {
     /// Bytes read at once in each direction of a relayed session. Default `8192`
     /// (1024 to 1048576).
     pub relay_buffer_size: usize,
+    /// Peers (load balancers) in these networks must start every connection
+    /// to a resource with a PROXY protocol header (version 1 or 2), whose
+    /// client address then stands for the peer's: it is what ssh/tcp grants
+    /// are matched against and what the audit log records. Nobody else's
+    /// header is read. A resource's own list replaces this one. Default: none.
+    pub accept_proxy_protocol_from: Vec<Cidr>,
+    /// Peers of the admin API (reverse proxies, load balancers) whose
+    /// `X-Forwarded-For` header is believed when the API needs the caller's
+    /// address (the default source of an ssh/tcp grant). Default: none (the
+    /// TCP peer's address is used, and the header is ignored).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for GatewayConfig {
@@ -68,6 +79,8 @@ impl Default for GatewayConfig {
                 HumanDuration(Duration::from_secs(60)),
             ],
             relay_buffer_size: 8192,
+            accept_proxy_protocol_from: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -100,7 +113,7 @@ impl Protocol {
 
     /// Whether this build can serve the protocol.
     pub fn is_supported(self) -> bool {
-        matches!(self, Protocol::Postgres)
+        matches!(self, Protocol::Postgres | Protocol::Ssh | Protocol::Tcp)
     }
 
     /// Whether a client is identified by its source address (ssh, tcp)
@@ -129,6 +142,22 @@ pub struct ResourceConfig {
     /// Hard cap on one session's length, whatever the grant says. Default `8h`.
     #[serde(default = "default_max_session")]
     pub max_session: Spanned<HumanDuration>,
+    /// Start each backend connection with a PROXY protocol version 2 header
+    /// carrying the client's address, so the backend's logs show the real
+    /// client (ssh and tcp resources; the backend must expect the header:
+    /// HAProxy `accept-proxy`, nginx `proxy_protocol`; OpenSSH's sshd does
+    /// not read one). Default `false`.
+    #[serde(default = "default_false")]
+    pub send_proxy_protocol: Spanned<bool>,
+    /// This resource's own `accept_proxy_protocol_from` (see `[gateway]`),
+    /// replacing the gateway's list; `[]` turns it off here. Default: the
+    /// gateway's list.
+    #[serde(default)]
+    pub accept_proxy_protocol_from: Option<Vec<Cidr>>,
+}
+
+fn default_false() -> Spanned<bool> {
+    Spanned::new(0..0, false)
 }
 
 fn default_idle_timeout() -> HumanDuration {
@@ -163,6 +192,17 @@ impl ResourceConfig {
     /// Session cap.
     pub fn max_session(&self) -> Duration {
         self.max_session.get_ref().0
+    }
+    /// Whether backend connections start with a PROXY protocol v2 header.
+    pub fn send_proxy_protocol(&self) -> bool {
+        *self.send_proxy_protocol.get_ref()
+    }
+    /// The peers that must send a PROXY protocol header: this resource's
+    /// list, else the gateway's.
+    pub fn accept_proxy_protocol_from<'a>(&'a self, gateway: &'a GatewayConfig) -> &'a [Cidr] {
+        self.accept_proxy_protocol_from
+            .as_deref()
+            .unwrap_or(&gateway.accept_proxy_protocol_from)
     }
 }
 

@@ -2,7 +2,10 @@
 //! durations and the redacted token hash.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -61,6 +64,54 @@ impl Serialize for HumanDuration {
     }
 }
 
+/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), or a single
+/// address (`192.0.2.7`, taken as a /32 or /128).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr(pub IpNet);
+
+impl Cidr {
+    /// Whether `ip` is inside the network (IPv4-mapped IPv6 addresses, as a
+    /// dual-stack listener reports IPv4 peers, count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+
+    /// Whether any of `nets` contains `ip`.
+    pub fn any_contains(nets: &[Cidr], ip: IpAddr) -> bool {
+        nets.iter().any(|n| n.contains(ip))
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+            .map(Cidr)
+            .map_err(|_| format!("{s:?} is not a CIDR network (such as 10.0.0.0/8) or an address"))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
 /// SHA-256 of an API token. Not the token itself, but still redacted from
 /// `Debug` so a config dump never helps an offline guess.
 #[derive(Clone, PartialEq, Eq)]
@@ -115,6 +166,20 @@ mod tests {
             HumanDuration(Duration::from_millis(250)).to_string(),
             "250ms"
         );
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let n: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        let one: Cidr = " 192.0.2.7 ".parse().unwrap();
+        assert_eq!(one.to_string(), "192.0.2.7/32");
+        let v6: Cidr = "2001:db8::1".parse().unwrap();
+        assert_eq!(v6.to_string(), "2001:db8::1/128");
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("nowhere".parse::<Cidr>().is_err());
     }
 
     #[test]

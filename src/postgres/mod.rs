@@ -125,7 +125,7 @@ pub async fn handle(
     };
     let session = admitted.session.clone();
 
-    let mut backend = match connect_backend(&gw, &resource).await {
+    let mut backend = match crate::conn::dial(&gw, &resource).await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(resource = %name, error = %e, "backend unreachable");
@@ -189,15 +189,6 @@ pub async fn handle(
     let (reason, since) = relay::run(params, wire, client, backend).await;
     drop(admitted.guard);
     gw.on_session_ended(&session, &reason, since);
-}
-
-async fn connect_backend(gw: &Gateway, resource: &ResourceConfig) -> std::io::Result<TcpStream> {
-    let t = gw.config.gateway.backend_connect_timeout.0;
-    let s = tokio::time::timeout(t, TcpStream::connect(resource.backend()))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.set_nodelay(true)?;
-    Ok(s)
 }
 
 async fn send_fatal(

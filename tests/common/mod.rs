@@ -4,7 +4,12 @@
 //!
 //! The backend address comes from `JITGATE_TEST_PG_ADDR` (default
 //! `127.0.0.1:5432`, trust auth, users `postgres` and `root`, database `test`).
+//! SSH and TCP tests set `Opts.protocol` and a backend of their own: a real
+//! `sshd` ([`sshd`]) or small in-process servers ([`net`]).
 #![allow(dead_code)]
+
+pub mod net;
+pub mod sshd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,6 +51,12 @@ pub struct Opts {
     pub handshake_timeout: &'static str,
     /// Backend address.
     pub backend: String,
+    /// `protocol` of the resource (`postgres`, `ssh`, `tcp`).
+    pub protocol: &'static str,
+    /// Extra lines for the `[gateway]` table.
+    pub gateway_extra: String,
+    /// Extra lines for the `[[resource]]` table.
+    pub resource_extra: String,
 }
 
 impl Opts {
@@ -58,6 +69,18 @@ impl Opts {
             warnings: "[]",
             handshake_timeout: "2s",
             backend: pg_backend(),
+            protocol: "postgres",
+            gateway_extra: String::new(),
+            resource_extra: String::new(),
+        }
+    }
+
+    /// Defaults for a resource called `name` of `protocol` in front of `backend`.
+    pub fn with_backend(name: &str, protocol: &'static str, backend: SocketAddr) -> Opts {
+        Opts {
+            protocol,
+            backend: backend.to_string(),
+            ..Opts::new(name)
         }
     }
 }
@@ -81,14 +104,16 @@ state_dir = "{dir}"
 admin_listen = "127.0.0.1:0"
 handshake_timeout = "{hs}"
 expiry_warnings = {warn}
+{gateway_extra}
 
 [[resource]]
 name = "{name}"
-protocol = "postgres"
+protocol = "{protocol}"
 listen = "127.0.0.1:0"
 backend = "{backend}"
 idle_timeout = "{idle}"
 max_session = "{max}"
+{resource_extra}
 
 [[user]]
 name = "admin"
@@ -114,6 +139,9 @@ logins = ["root"]
         backend = o.backend,
         idle = o.idle_timeout,
         max = o.max_session,
+        protocol = o.protocol,
+        gateway_extra = o.gateway_extra,
+        resource_extra = o.resource_extra,
         admin = sha(ADMIN_TOKEN),
         alice = sha(ALICE_TOKEN),
         bob = sha("test-bob-token"),
@@ -149,6 +177,27 @@ impl TestGateway {
                 resource: self.resource.clone(),
                 logins: vec![login.into()],
                 sources: vec![],
+                duration: dur,
+                reason: "test".into(),
+                actor: "admin".into(),
+                kind: GrantKind::BreakGlass,
+            })
+            .unwrap()
+    }
+
+    /// A break-glass grant for `principal` admitting clients from `sources`
+    /// (CIDRs), for ssh/tcp resources.
+    pub fn grant_sources(&self, principal: &str, sources: &[&str], dur: Duration) -> Arc<Grant> {
+        self.running
+            .gateway
+            .create_grant(NewGrant {
+                principal: principal.into(),
+                resource: self.resource.clone(),
+                logins: vec![],
+                sources: sources
+                    .iter()
+                    .map(|s| s.parse::<jitgate::config::Cidr>().unwrap().0)
+                    .collect(),
                 duration: dur,
                 reason: "test".into(),
                 actor: "admin".into(),

@@ -58,6 +58,9 @@ fn openssh_client_version_leaves_its_kexinit_in_the_buffer() {
     assert_eq!(v.comments(), Some("Debian-2+deb12u10"));
     assert_eq!(&rest[..], &OPENSSH_CLIENT_FIRST_BYTES[41..]);
     assert_eq!(rest[5], 0x14, "SSH_MSG_KEXINIT follows");
+    let mut again = BytesMut::new();
+    v.encode(&mut again);
+    assert_eq!(&again[..], &OPENSSH_CLIENT_FIRST_BYTES[..41]);
 }
 
 #[test]
@@ -191,6 +194,9 @@ fn malformed_version_lines() {
     assert_eq!(version(&lines[0]).proto_version(), "1.99");
     assert_eq!(version(&lines[0]).software_version(), "Cisco-1.25");
     assert_eq!(version(&lines[0]).comments(), None);
+    let mut again = BytesMut::new();
+    version(&lines[0]).encode(&mut again);
+    assert_eq!(&again[..], b"SSH-1.99-Cisco-1.25\n");
     let (lines, res, _) = decode_all(Sender::Client, b"SSH-2.0-JSCH-0.1.54\r\n");
     res.unwrap();
     assert_eq!(version(&lines[0]).software_version(), "JSCH-0.1.54");
