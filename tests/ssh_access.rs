@@ -242,7 +242,7 @@ async fn an_interactive_session_is_closed_when_the_grant_expires() {
         .duration_since(g.expires_at())
         .unwrap_or_default();
     eprintln!("ssh -tt exited {lag:?} after the grant's deadline; it printed: {stderr:?}");
-    assert!(lag < Duration::from_secs(3), "exited {lag:?} after expiry");
+    assert!(lag < Duration::from_secs(5), "exited {lag:?} after expiry");
     assert_eq!(code, Some(255));
     assert!(stderr.contains("closed by remote host"), "{stderr}");
     assert_all_closed(&gw, &sshd, "sleep 601").await;
@@ -271,7 +271,7 @@ async fn an_interactive_session_is_closed_when_the_grant_is_revoked() {
     let lag = begun.elapsed();
     eprintln!("revoke answered in {answered:?}; ssh -tt exited {lag:?} after the request; it printed: {stderr:?}");
     assert!(
-        lag < Duration::from_secs(3),
+        lag < Duration::from_secs(5),
         "exited {lag:?} after the revoke"
     );
     assert_eq!(code, Some(255));

@@ -69,7 +69,7 @@ async fn expiry_closes_both_sockets() {
         .unwrap_or_default();
     eprintln!("closed {lag:?} after the deadline");
     assert!(
-        lag < Duration::from_secs(3),
+        lag < Duration::from_secs(5),
         "closed {lag:?} after the deadline"
     );
     assert_eq!(ended(&gw, g).await["outcome"], "expired");
