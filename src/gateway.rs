@@ -17,7 +17,9 @@ use crate::config::Config;
 use crate::ending::EndReason;
 use crate::grants::{Grant, GrantId, GrantTable, NewGrant};
 use crate::metrics as m;
+use crate::notify::Notifier;
 use crate::postgres::cancel::CancelKeys;
+use crate::requests::RequestTable;
 use crate::sessions::{wait_closed, Session, SessionId, SessionRegistry};
 
 /// How long a revoke or kill waits for sockets to close before answering.
@@ -32,6 +34,12 @@ pub enum OpError {
     /// The request is malformed or not allowed by the configuration.
     #[error("{0}")]
     Invalid(String),
+    /// The caller may not do this (policy, approver rules, ownership).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The target is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
     /// The audit log cannot be written; nothing was done (fail closed).
     #[error("audit log unavailable, nothing was changed: {0}")]
     Audit(#[from] std::io::Error),
@@ -56,6 +64,10 @@ pub struct Gateway {
     pub tracker: TaskTracker,
     /// Renders `/metrics`.
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Access requests.
+    pub requests: RequestTable,
+    /// Webhook sinks.
+    pub notifier: Notifier,
 }
 
 impl Gateway {
@@ -63,13 +75,17 @@ impl Gateway {
     pub fn new(config: Config) -> std::io::Result<Gateway> {
         let shutdown = CancellationToken::new();
         let audit = AuditLog::open(&config.gateway.state_dir)?;
+        let tracker = TaskTracker::new();
+        let notifier = Notifier::start(&config.notify, &tracker, &shutdown);
         Ok(Gateway {
+            requests: RequestTable::new(),
+            notifier,
             grants: Arc::new(GrantTable::new(shutdown.clone())),
             sessions: Arc::new(SessionRegistry::new()),
             audit,
             cancel_keys: Arc::new(CancelKeys::new()),
             shutdown,
-            tracker: TaskTracker::new(),
+            tracker,
             prometheus: m::install(),
             config: Arc::new(config),
         })
@@ -87,7 +103,7 @@ impl Gateway {
         if new.duration > Duration::from_secs(366 * 24 * 3600) {
             return Err(OpError::Invalid("duration must be at most one year".into()));
         }
-        if new.reason.trim().is_empty() {
+        if new.reason.trim().is_empty() && new.kind == crate::grants::GrantKind::BreakGlass {
             return Err(OpError::Invalid("a reason is required".into()));
         }
         let user = self.config.user(&new.principal).ok_or_else(|| {
@@ -119,7 +135,8 @@ impl Gateway {
         let grant = self.grants.insert(new);
         e.grant_id = Some(grant.id);
         e.expires_at = Some(grant.expires_at());
-        e.outcome = Some("break_glass");
+        e.outcome = Some(grant.kind.as_str());
+        e.request_id = grant.kind.request_id();
         if let Err(err) = self.audit.write(e) {
             self.grants.remove(&grant.id, EndReason::Error);
             return Err(err.into());
@@ -148,6 +165,7 @@ impl Gateway {
         e.actor = Some(by.to_string());
         e.reason = Some(reason.to_string());
         self.audit.write(e)?;
+        let reason_text = reason.to_string();
         let reason = EndReason::Revoked {
             by: by.to_string(),
             reason: reason.to_string(),
@@ -157,6 +175,11 @@ impl Gateway {
             return Err(OpError::NotFound(format!("no live grant {id}")));
         };
         m::grants_active(self.grants.len());
+        self.notifier.send(
+            "grant.revoked",
+            &format!("{by} revoked {}'s access to {}: {reason_text}", grant.principal, grant.resource),
+            serde_json::json!({"grant_id": grant.id, "principal": grant.principal, "resource": grant.resource, "actor": by}),
+        );
         let sessions = self.sessions.on_grant(&grant.id);
         let closed = wait_closed(&sessions, CLOSE_WAIT).await;
         tracing::info!(grant = %id, by, sessions = closed, "grant revoked");
@@ -195,6 +218,11 @@ impl Gateway {
         e.expires_at = Some(g.expires_at());
         let _ = self.audit.write(e);
         m::grants_active(self.grants.len());
+        self.notifier.send(
+            "grant.expired",
+            &format!("{}'s access to {} expired", g.principal, g.resource),
+            serde_json::json!({"grant_id": g.id, "principal": g.principal, "resource": g.resource}),
+        );
         tracing::info!(grant = %g.id, principal = %g.principal, resource = %g.resource, "grant expired");
     }
 

@@ -25,11 +25,30 @@ use crate::ending::EndReason;
 pub type GrantId = Uuid;
 
 /// How a grant came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantKind {
     /// An admin's direct grant, outside the request workflow.
     BreakGlass,
+    /// The outcome of an approved (or auto-approved) request.
+    Request(Uuid),
+}
+
+impl GrantKind {
+    /// `break_glass` or `request`, for the API and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::BreakGlass => "break_glass",
+            GrantKind::Request(_) => "request",
+        }
+    }
+
+    /// The request behind the grant, if any.
+    pub fn request_id(self) -> Option<Uuid> {
+        match self {
+            GrantKind::BreakGlass => None,
+            GrantKind::Request(id) => Some(id),
+        }
+    }
 }
 
 /// What is needed to create a grant.
@@ -77,6 +96,8 @@ pub struct Grant {
     expires: watch::Sender<SystemTime>,
     token: CancellationToken,
     end: OnceLock<(EndReason, Instant)>,
+    /// Set once the `grant.expiring` notification went out.
+    pub expiring_notified: std::sync::atomic::AtomicBool,
 }
 
 impl Grant {
@@ -162,6 +183,7 @@ impl GrantTable {
             expires,
             token: self.root.child_token(),
             end: OnceLock::new(),
+            expiring_notified: std::sync::atomic::AtomicBool::new(false),
         });
         for login in &grant.logins {
             self.index
@@ -218,6 +240,23 @@ impl GrantTable {
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Move a live grant's deadline `by` later; returns the new deadline.
+    /// Sessions on it notice when their timer next fires (see
+    /// [`crate::enforce`]).
+    pub fn extend(&self, id: &GrantId, by: Duration) -> Option<SystemTime> {
+        let grant = self.get(id)?;
+        if !grant.is_live(SystemTime::now()) {
+            return None;
+        }
+        let mut d = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        let old = grant.expires_at();
+        let new = old + by;
+        d.remove(&(old, grant.id));
+        d.insert((new, grant.id));
+        grant.expires.send_replace(new);
+        Some(new)
     }
 
     /// Remove a grant and end it for `reason`; `None` if it was not there.
@@ -341,6 +380,19 @@ mod tests {
         assert!(t.find("pg", "alice").is_none());
         assert!(t.is_empty());
         assert!(t.index.is_empty());
+    }
+
+    #[test]
+    fn extend_moves_the_deadline_and_the_expiry() {
+        let t = GrantTable::new(CancellationToken::new());
+        let g = t.insert(new("pg", "a", 1));
+        let before = g.expires_at();
+        let after = t.extend(&g.id, Duration::from_secs(60)).unwrap();
+        assert_eq!(after, before + Duration::from_secs(60));
+        assert_eq!(g.expires_at(), after);
+        assert!(t.expire_due(before + Duration::from_secs(2)).is_empty());
+        assert_eq!(t.expire_due(after).len(), 1);
+        assert!(t.extend(&g.id, Duration::from_secs(1)).is_none());
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! - [`grants`] and [`sessions`]: the grant table and the live-session
 //!   registry with its kill switches; [`enforce`]: each session's clock;
 //! - [`gateway`]: the access operations (grant, revoke, kill) and their audit;
+//!   [`workflow`]: requests, approvals, extensions, release; [`policy`]:
+//!   which policy applies and what it demands; [`requests`]: the request
+//!   state machine; [`notify`]: webhooks;
 //! - [`admin`]: the HTTP API; [`cli`]: the command line;
 //! - [`config`], [`audit`], [`metrics`].
 #![forbid(unsafe_code)]
@@ -38,9 +41,14 @@ pub mod ending;
 pub mod enforce;
 pub mod gateway;
 pub mod grants;
+pub mod httpc;
 pub mod metrics;
+pub mod notify;
+pub mod policy;
 pub mod postgres;
 pub mod relay;
+pub mod requests;
 pub mod server;
 pub mod sessions;
 pub mod timefmt;
+pub mod workflow;

@@ -145,6 +145,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         });
     }
 
+    {
+        // Request TTLs and `grant.expiring` notices: a once-a-second sweep
+        // (second precision is what both need).
+        let gw2 = gw.clone();
+        gw.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = gw2.shutdown.cancelled() => return,
+                    _ = tick.tick() => gw2.sweep(std::time::SystemTime::now()),
+                }
+            }
+        });
+    }
+
     Ok(Running {
         gateway: gw,
         admin_addr,

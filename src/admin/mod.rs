@@ -8,6 +8,7 @@
 //! 409 conflict, 503 audit log unavailable.
 
 mod routes;
+mod workflow_routes;
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
@@ -60,6 +61,15 @@ pub fn router(gw: Arc<Gateway>, surface: Surface) -> Router {
                 get(routes::list_grants).post(routes::create_grant),
             )
             .route("/v1/grants/{id}", delete(routes::revoke_grant))
+            .route("/v1/grants/{id}/extend", post(workflow_routes::extend))
+            .route("/v1/grants/{id}/release", post(workflow_routes::release))
+            .route(
+                "/v1/requests",
+                get(workflow_routes::list_requests).post(workflow_routes::create_request),
+            )
+            .route("/v1/requests/{id}/approve", post(workflow_routes::approve))
+            .route("/v1/requests/{id}/deny", post(workflow_routes::deny))
+            .route("/v1/policy/explain", get(workflow_routes::explain))
             .route("/v1/sessions", get(routes::list_sessions))
             .route("/v1/sessions/{id}", delete(routes::kill_session)),
     };
@@ -130,6 +140,8 @@ impl From<OpError> for ApiError {
         let status = match &e {
             OpError::NotFound(_) => StatusCode::NOT_FOUND,
             OpError::Invalid(_) => StatusCode::BAD_REQUEST,
+            OpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            OpError::Conflict(_) => StatusCode::CONFLICT,
             OpError::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())

@@ -27,7 +27,7 @@ pub struct ReasonQuery {
     reason: Option<String>,
 }
 
-fn parse_id(p: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+pub(super) fn parse_id(p: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
     let Path(s) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Uuid::parse_str(&s).map_err(|_| ApiError::bad_request(format!("{s:?} is not a valid id")))
 }
@@ -39,7 +39,7 @@ fn reason_of(q: Result<Query<ReasonQuery>, QueryRejection>) -> Result<String, Ap
     Ok(r)
 }
 
-fn check_reason(r: &str) -> Result<(), ApiError> {
+pub(super) fn check_reason(r: &str) -> Result<(), ApiError> {
     if r.len() > MAX_REASON {
         return Err(ApiError::bad_request(format!(
             "reason is longer than {MAX_REASON} bytes"
@@ -51,6 +51,18 @@ fn check_reason(r: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Parse CIDRs (a bare address means that one host).
+pub(super) fn parse_sources(sources: &[String]) -> Result<Vec<ipnet::IpNet>, ApiError> {
+    sources
+        .iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ApiError::bad_request(format!("{s:?} is not a CIDR")))
+        })
+        .collect()
 }
 
 /// `GET /v1/grants`.
@@ -75,15 +87,7 @@ pub async fn create_grant(
     caller.require(Role::Admin)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_reason(&req.reason)?;
-    let sources = req
-        .sources
-        .iter()
-        .map(|s| {
-            s.parse::<ipnet::IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| ApiError::bad_request(format!("{s:?} is not a CIDR")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let sources = parse_sources(&req.sources)?;
     let logins = match req.logins {
         Some(l) => l,
         None => gw

@@ -86,6 +86,7 @@ pub fn parse_str(src: &str, file: &str) -> Result<Config, ConfigErrors> {
         }
     };
     validate(&config, &mut errs);
+    validate_workflow(&config, &mut errs);
     if errs.list.is_empty() {
         Ok(config)
     } else {
@@ -242,6 +243,160 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
             errs.push(
                 u.name.span(),
                 format!("user {:?}: logins must be non-empty text", u.name()),
+            );
+        }
+    }
+}
+
+fn validate_workflow(c: &Config, errs: &mut Errors<'_>) {
+    if c.gateway.request_ttl.0.is_zero() {
+        errs.push(0..0, "gateway.request_ttl must be greater than 0s".into());
+    }
+    let mut groups = HashSet::new();
+    for g in &c.groups {
+        if !valid_name(g.name.get_ref()) {
+            errs.push(
+                g.name.span(),
+                format!(
+                    "group name {:?} must be 1-64 letters, digits, '-', '_' or '.'",
+                    g.name.get_ref()
+                ),
+            );
+        }
+        if !groups.insert(g.name.get_ref().as_str()) {
+            errs.push(
+                g.name.span(),
+                format!("duplicate group name {:?}", g.name.get_ref()),
+            );
+        }
+        for m in &g.members {
+            if c.user(m.get_ref()).is_none() {
+                errs.push(
+                    m.span(),
+                    format!(
+                        "group {:?}: no user named {:?}",
+                        g.name.get_ref(),
+                        m.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+    let member_ref = |r: &toml::Spanned<String>, what: &str, errs: &mut Errors<'_>| {
+        let name = r.get_ref();
+        let known = match name.strip_prefix("group:") {
+            Some(g) => c.group(g).is_some(),
+            None => c.user(name).is_some(),
+        };
+        if !known {
+            errs.push(r.span(), format!("{what}: no user or group named {name:?}"));
+        }
+    };
+    let mut policies = HashSet::new();
+    for p in &c.policies {
+        let pn = p.name();
+        if !valid_name(pn) {
+            errs.push(
+                p.name.span(),
+                format!("policy name {pn:?} must be 1-64 letters, digits, '-', '_' or '.'"),
+            );
+        }
+        if !policies.insert(pn) {
+            errs.push(p.name.span(), format!("duplicate policy name {pn:?}"));
+        }
+        if p.principals.is_empty() {
+            errs.push(
+                p.name.span(),
+                format!("policy {pn:?}: principals must not be empty"),
+            );
+        }
+        for r in &p.principals {
+            member_ref(r, &format!("policy {pn:?} principals"), errs);
+        }
+        if p.resources.is_empty() {
+            errs.push(
+                p.name.span(),
+                format!("policy {pn:?}: resources must not be empty"),
+            );
+        }
+        for r in &p.resources {
+            if c.resource(r.get_ref()).is_none() {
+                errs.push(
+                    r.span(),
+                    format!("policy {pn:?}: no resource named {:?}", r.get_ref()),
+                );
+            }
+        }
+        for r in &p.approvers {
+            member_ref(r, &format!("policy {pn:?} approvers"), errs);
+        }
+        if p.max_duration.get_ref().0.is_zero() {
+            errs.push(
+                p.max_duration.span(),
+                format!("policy {pn:?}: max_duration must be greater than 0s"),
+            );
+        }
+        let needed = *p.approvals.get_ref() as usize;
+        let approvers = c.expand_members(p.approvers.iter().map(|a| a.get_ref().as_str()));
+        let most = p.when.iter().filter_map(|w| w.approvals).max().unwrap_or(0) as usize;
+        if needed.max(most) > approvers.len() {
+            errs.push(
+                p.approvals.span(),
+                format!(
+                    "policy {pn:?}: needs up to {} distinct approvals but lists {} approver(s)",
+                    needed.max(most),
+                    approvers.len()
+                ),
+            );
+        }
+        for w in &p.when {
+            if w.hours.is_some() && w.outside_hours.is_some() {
+                let span = w.hours.as_ref().map(|h| h.span()).unwrap_or(0..0);
+                errs.push(
+                    span,
+                    format!("policy {pn:?}: a rule takes hours or outside_hours, not both"),
+                );
+            }
+            if w.max_duration.is_some_and(|d| d.0.is_zero()) {
+                errs.push(
+                    p.name.span(),
+                    format!("policy {pn:?}: a rule's max_duration must be greater than 0s"),
+                );
+            }
+        }
+    }
+    for r in &c.resources {
+        if let Some(s) = &r.sensitivity {
+            if !c.sensitivity.contains_key(s.get_ref()) {
+                errs.push(s.span(), format!("no [sensitivity.{}] table", s.get_ref()));
+            }
+        }
+    }
+    for n in &c.notify {
+        let url = n.url.get_ref();
+        if !url.starts_with("http://")
+            || url
+                .parse::<axum::http::Uri>()
+                .map_or(true, |u| u.host().is_none())
+        {
+            errs.push(n.url.span(), format!("notify url {url:?} must be http://host[:port]/path (https is not supported yet)"));
+        }
+        for e in &n.events {
+            if !super::policy::NOTIFY_EVENTS.contains(&e.get_ref().as_str()) {
+                errs.push(
+                    e.span(),
+                    format!(
+                        "unknown notify event {:?} (known: {})",
+                        e.get_ref(),
+                        super::policy::NOTIFY_EVENTS.join(", ")
+                    ),
+                );
+            }
+        }
+        if n.queue == 0 || n.attempts == 0 || n.timeout.0.is_zero() {
+            errs.push(
+                n.url.span(),
+                "notify: queue, attempts and timeout must be greater than 0".into(),
             );
         }
     }

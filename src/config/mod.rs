@@ -6,10 +6,14 @@
 //! and semantic checks live in [`load`]; errors carry file:line:column.
 
 mod load;
+mod policy;
 mod types;
 
 pub use load::{load_file, parse_str, ConfigError, ConfigErrors};
-pub use types::{HumanDuration, TokenHash};
+pub use policy::{
+    GroupConfig, NotifyConfig, PolicyConfig, PolicyRule, SensitivityConfig, TimeWindow, Weekday,
+};
+pub use types::{HumanDuration, Secret, TokenHash};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +35,21 @@ pub struct Config {
     /// `[[user]]`: people and scripts that talk to the admin API. Default: none.
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// `[[group]]`: named sets of users for policies. Default: none.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupConfig>,
+    /// `[[policy]]`: who may request what, for how long, approved by whom.
+    /// The first policy (in file order) that matches a principal and a
+    /// resource applies. Default: none (nobody can request access).
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+    /// `[sensitivity.NAME]`: defaults that tighten every policy on a
+    /// resource with `sensitivity = "NAME"`. Default: none.
+    #[serde(default)]
+    pub sensitivity: std::collections::BTreeMap<String, SensitivityConfig>,
+    /// `[[notify]]`: webhook sinks for workflow events. Default: none.
+    #[serde(default, rename = "notify")]
+    pub notify: Vec<NotifyConfig>,
 }
 
 /// `[gateway]`.
@@ -53,6 +72,8 @@ pub struct GatewayConfig {
     /// Bytes read at once in each direction of a relayed session. Default `8192`
     /// (1024 to 1048576).
     pub relay_buffer_size: usize,
+    /// A pending access request not fully approved by then expires. Default `1h`.
+    pub request_ttl: HumanDuration,
 }
 
 impl Default for GatewayConfig {
@@ -68,6 +89,7 @@ impl Default for GatewayConfig {
                 HumanDuration(Duration::from_secs(60)),
             ],
             relay_buffer_size: 8192,
+            request_ttl: HumanDuration(Duration::from_secs(3600)),
         }
     }
 }
@@ -123,6 +145,10 @@ pub struct ResourceConfig {
     /// Hard cap on one session's length, whatever the grant says. Default `8h`.
     #[serde(default = "default_max_session")]
     pub max_session: Spanned<HumanDuration>,
+    /// Names a `[sensitivity.NAME]` table whose limits tighten every policy
+    /// on this resource. Default: none.
+    #[serde(default)]
+    pub sensitivity: Option<Spanned<String>>,
 }
 
 fn default_idle_timeout() -> HumanDuration {
@@ -212,5 +238,29 @@ impl Config {
     /// The user called `name`.
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name() == name)
+    }
+    /// The group called `name`.
+    pub fn group(&self, name: &str) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.name.get_ref() == name)
+    }
+    /// Expand user names and `group:NAME` references to user names.
+    pub fn expand_members<'a>(
+        &'a self,
+        refs: impl IntoIterator<Item = &'a str>,
+    ) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for r in refs {
+            match r.strip_prefix("group:") {
+                Some(g) => {
+                    if let Some(g) = self.group(g) {
+                        out.extend(g.member_names().map(str::to_string));
+                    }
+                }
+                None => {
+                    out.insert(r.to_string());
+                }
+            }
+        }
+        out
     }
 }

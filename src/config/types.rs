@@ -101,6 +101,25 @@ impl<'de> Deserialize<'de> for TokenHash {
     }
 }
 
+/// A secret string (webhook signing key): redacted from `Debug` and never
+/// logged.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's bytes, for use (never for display).
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
