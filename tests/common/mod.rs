@@ -23,6 +23,11 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// Token of the `alice` user (requester) in every test config.
 pub const ALICE_TOKEN: &str = "test-alice-token";
 
+/// Token of the `carol` user (approver).
+pub const CAROL_TOKEN: &str = "test-carol-token";
+/// Token of the `dave` user (approver).
+pub const DAVE_TOKEN: &str = "test-dave-token";
+
 /// The real PostgreSQL the tests go through.
 pub fn pg_backend() -> String {
     std::env::var("JITGATE_TEST_PG_ADDR").unwrap_or_else(|_| "127.0.0.1:5432".into())
@@ -46,6 +51,10 @@ pub struct Opts {
     pub handshake_timeout: &'static str,
     /// Backend address.
     pub backend: String,
+    /// `request_ttl`.
+    pub request_ttl: &'static str,
+    /// TOML appended to the config (policies, groups, notify sinks).
+    pub extra: String,
 }
 
 impl Opts {
@@ -58,6 +67,8 @@ impl Opts {
             warnings: "[]",
             handshake_timeout: "2s",
             backend: pg_backend(),
+            request_ttl: "1h",
+            extra: String::new(),
         }
     }
 }
@@ -81,6 +92,7 @@ state_dir = "{dir}"
 admin_listen = "127.0.0.1:0"
 handshake_timeout = "{hs}"
 expiry_warnings = {warn}
+request_ttl = "{ttl}"
 
 [[resource]]
 name = "{name}"
@@ -106,6 +118,17 @@ name = "bob"
 token_sha256 = "{bob}"
 roles = ["requester"]
 logins = ["root"]
+
+[[user]]
+name = "carol"
+token_sha256 = "{carol}"
+roles = ["approver"]
+
+[[user]]
+name = "dave"
+token_sha256 = "{dave}"
+roles = ["approver"]
+{extra}
 "#,
         dir = dir.display(),
         hs = o.handshake_timeout,
@@ -117,6 +140,10 @@ logins = ["root"]
         admin = sha(ADMIN_TOKEN),
         alice = sha(ALICE_TOKEN),
         bob = sha("test-bob-token"),
+        carol = sha(CAROL_TOKEN),
+        dave = sha(DAVE_TOKEN),
+        ttl = o.request_ttl,
+        extra = o.extra,
     )
 }
 
