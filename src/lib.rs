@@ -42,6 +42,7 @@ pub mod enforce;
 pub mod gateway;
 pub mod grants;
 pub mod httpc;
+pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

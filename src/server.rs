@@ -17,14 +17,9 @@ use crate::gateway::Gateway;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The state directory or audit log could not be opened.
-    #[error("cannot open the state directory {dir}: {source}")]
-    State {
-        /// The directory.
-        dir: String,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// The state directory, audit log or journal could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::gateway::OpenError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
@@ -89,23 +84,22 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
 
 /// Bind everything and start serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let dir = config.gateway.state_dir.display().to_string();
-    let gw = Arc::new(Gateway::new(config).map_err(|source| StartError::State { dir, source })?);
+    let gw = Arc::new(Gateway::new(config)?);
 
     // Bind all listeners before serving any, so a bad address fails start-up whole.
     let mut listeners = Vec::new();
-    for r in &gw.config.resources {
+    for r in &gw.config().resources {
         let l = bind(r.listen(), &format!("resource {}", r.name())).await?;
         listeners.push((Arc::new(r.clone()), l));
     }
-    let admin = bind(gw.config.gateway.admin_listen, "the admin API").await?;
-    let metrics = match gw.config.gateway.metrics_listen {
+    let admin = bind(gw.config().gateway.admin_listen, "the admin API").await?;
+    let metrics = match gw.config().gateway.metrics_listen {
         Some(a) => Some(bind(a, "metrics").await?),
         None => None,
     };
 
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
-        addr: gw.config.gateway.admin_listen,
+        addr: gw.config().gateway.admin_listen,
         what: "the admin API".into(),
         source,
     })?;

@@ -142,7 +142,7 @@ impl From<OpError> for ApiError {
             OpError::Invalid(_) => StatusCode::BAD_REQUEST,
             OpError::Forbidden(_) => StatusCode::FORBIDDEN,
             OpError::Conflict(_) => StatusCode::CONFLICT,
-            OpError::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::Audit(_) | OpError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }
@@ -200,7 +200,8 @@ impl FromRequestParts<Arc<Gateway>> for Caller {
         // Compare against every user, in constant time, without stopping
         // at the first match.
         let mut found = None;
-        for u in &gw.config.users {
+        let config = gw.config();
+        for u in &config.users {
             if u.token_sha256.get_ref().ct_eq(&presented) {
                 found = Some(u);
             }

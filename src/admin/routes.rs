@@ -91,7 +91,7 @@ pub async fn create_grant(
     let logins = match req.logins {
         Some(l) => l,
         None => gw
-            .config
+            .config()
             .user(&req.principal)
             .map(|u| u.logins.clone())
             .unwrap_or_default(),
