@@ -15,10 +15,10 @@ use tokio_util::task::TaskTracker;
 use arc_swap::ArcSwap;
 
 use crate::audit::{AuditLog, Event};
-use crate::journal::{Journal, JournalError, Record, Replay};
 use crate::config::Config;
 use crate::ending::EndReason;
 use crate::grants::{Grant, GrantId, GrantTable, NewGrant};
+use crate::journal::{Journal, JournalError, Record, Replay};
 use crate::metrics as m;
 use crate::notify::Notifier;
 use crate::postgres::cancel::CancelKeys;
@@ -80,6 +80,8 @@ pub struct Gateway {
     pub audit: AuditLog,
     /// Grant and request journal.
     pub journal: Journal,
+    /// Per-resource listeners (started, stopped and rebound by reloads).
+    pub listeners: crate::reload::Listeners,
     /// PostgreSQL cancel keys.
     pub cancel_keys: Arc<CancelKeys>,
     /// Root of the cancellation tree: cancelled on shutdown.
@@ -113,6 +115,7 @@ impl Gateway {
             sessions: Arc::new(SessionRegistry::new()),
             audit,
             journal,
+            listeners: Default::default(),
             cancel_keys: Arc::new(CancelKeys::new()),
             shutdown,
             tracker,
@@ -153,10 +156,12 @@ impl Gateway {
             self.requests.restore(r);
         }
         m::grants_active(self.grants.len());
-        self.compact().map_err(|source| OpenError::Journal(JournalError::Io {
-            path: self.journal.path().display().to_string(),
-            source,
-        }))?;
+        self.compact().map_err(|source| {
+            OpenError::Journal(JournalError::Io {
+                path: self.journal.path().display().to_string(),
+                source,
+            })
+        })?;
         tracing::info!(
             records = replay.records,
             grants = live,
@@ -225,7 +230,9 @@ impl Gateway {
         e.request_id = kind.request_id();
         // Journal (durable), then audit, then the table: nothing admits
         // anyone before it is on record.
-        self.journal.append(&Record::Grant(rec.clone())).map_err(OpError::Journal)?;
+        self.journal
+            .append(&Record::Grant(rec.clone()))
+            .map_err(OpError::Journal)?;
         if let Err(err) = self.audit.write(e) {
             let _ = self.journal.append(&Record::GrantEnded { id: rec.id });
             return Err(err.into());
@@ -255,7 +262,9 @@ impl Gateway {
         e.actor = Some(by.to_string());
         e.reason = Some(reason.to_string());
         self.audit.write(e)?;
-        self.journal.append(&Record::GrantEnded { id }).map_err(OpError::Journal)?;
+        self.journal
+            .append(&Record::GrantEnded { id })
+            .map_err(OpError::Journal)?;
         let reason_text = reason.to_string();
         let reason = EndReason::Revoked {
             by: by.to_string(),

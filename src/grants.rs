@@ -310,6 +310,24 @@ impl GrantTable {
         self.by_id.is_empty()
     }
 
+    /// Set a live grant's deadline (a reload that tightens a policy);
+    /// false if the grant is not live. The caller pokes its sessions.
+    pub fn set_deadline(&self, id: &GrantId, at: SystemTime) -> bool {
+        let Some(grant) = self.get(id) else {
+            return false;
+        };
+        if !grant.is_live(SystemTime::now()) {
+            return false;
+        }
+        let mut d = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        d.remove(&(grant.expires_at(), grant.id));
+        d.insert((at, grant.id));
+        grant.expires.send_replace(at);
+        drop(d);
+        self.wake.notify_one();
+        true
+    }
+
     /// Move a live grant's deadline `by` later; returns the new deadline.
     /// Sessions on it notice when their timer next fires (see
     /// [`crate::enforce`]).

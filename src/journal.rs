@@ -291,7 +291,10 @@ impl Journal {
         if let Some(dir) = self.path.parent() {
             sync_dir(dir)?;
         }
-        *f = OpenOptions::new().read(true).append(true).open(&self.path)?;
+        *f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
         self.since_compaction.store(0, Ordering::Relaxed);
         Ok(())
     }
@@ -333,15 +336,26 @@ mod tests {
         j.append(&Record::Grant(b.clone())).unwrap();
         j.append(&Record::GrantEnded { id: a.id }).unwrap();
         let later = b.expires_at + Duration::from_secs(30);
-        j.append(&Record::GrantExtended { id: b.id, expires_at: later }).unwrap();
+        j.append(&Record::GrantExtended {
+            id: b.id,
+            expires_at: later,
+        })
+        .unwrap();
         drop(j);
         let (_, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(r.records, 4);
         assert_eq!(r.grants.len(), 1);
         assert_eq!(r.grants[0].id, b.id);
         assert_eq!(
-            r.grants[0].expires_at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis(),
-            later.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis()
+            r.grants[0]
+                .expires_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+            later
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
         );
     }
 
@@ -354,15 +368,30 @@ mod tests {
         let good = std::fs::metadata(j.path()).unwrap().len();
         let line = encode(&Record::Grant(grant(2))).unwrap();
         // Half a record, as a crash mid-write leaves it.
-        OpenOptions::new().append(true).open(j.path()).unwrap().write_all(&line[..line.len() / 2]).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(j.path())
+            .unwrap()
+            .write_all(&line[..line.len() / 2])
+            .unwrap();
         drop(j);
         let (j, r) = Journal::open(dir.path()).unwrap();
         assert!(r.dropped_torn_tail);
         assert_eq!(r.grants.len(), 1);
         assert_eq!(std::fs::metadata(j.path()).unwrap().len(), good);
         // A full-length line of garbage at the end is torn too.
-        OpenOptions::new().append(true).open(j.path()).unwrap().write_all(&vec![0u8; 40]).unwrap();
-        OpenOptions::new().append(true).open(j.path()).unwrap().write_all(b"\n").unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(j.path())
+            .unwrap()
+            .write_all(&[0u8; 40])
+            .unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(j.path())
+            .unwrap()
+            .write_all(b"\n")
+            .unwrap();
         drop(j);
         let (_, r) = Journal::open(dir.path()).unwrap();
         assert!(r.dropped_torn_tail);
@@ -391,7 +420,11 @@ mod tests {
             }
             e => panic!("{e}"),
         }
-        assert!(err.to_string().contains(&format!("byte offset {second_at}")), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("byte offset {second_at}")),
+            "{err}"
+        );
     }
 
     #[test]

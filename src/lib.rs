@@ -48,6 +48,7 @@ pub mod notify;
 pub mod policy;
 pub mod postgres;
 pub mod relay;
+pub mod reload;
 pub mod requests;
 pub mod server;
 pub mod sessions;

@@ -292,8 +292,9 @@ impl RequestTable {
     /// Drop finished requests that ended before `before` (journal compaction
     /// keeps the history bounded).
     pub fn forget_finished_before(&self, before: SystemTime) {
-        self.lock()
-            .retain(|_, r| r.state == RequestState::Pending || r.expires_at >= before || r.created_at >= before);
+        self.lock().retain(|_, r| {
+            r.state == RequestState::Pending || r.expires_at >= before || r.created_at >= before
+        });
     }
 
     /// Expire every pending request whose time is up; returns them.

@@ -55,7 +55,10 @@ pub mod unix_ms {
 
     /// Serialize.
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let ms = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis();
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis();
         s.serialize_u64(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 

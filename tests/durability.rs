@@ -15,7 +15,11 @@ use tokio::process::{Child, Command};
 const JITGATE: &str = env!("CARGO_BIN_EXE_jitgate");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Gateway {
@@ -51,8 +55,14 @@ approvers = ["carol"]
 "#
     .into();
     let text = config_text(&o, &dir.join("state"))
-        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"{admin}\""))
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{pg}\""));
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"{admin}\""),
+        )
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{pg}\""),
+        );
     let path = dir.join("jitgate.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -82,7 +92,10 @@ async fn acknowledged_grants_survive_kill_9_and_expired_ones_expire_on_start() {
         "POST",
         "/v1/requests",
         Some(ALICE_TOKEN),
-        Some(&json!({"resource": "dur-pg", "duration": "10m", "reason": "after restart"}).to_string()),
+        Some(
+            &json!({"resource": "dur-pg", "duration": "10m", "reason": "after restart"})
+                .to_string(),
+        ),
     )
     .await;
     assert_eq!(st, 201, "{pending}");
@@ -141,22 +154,40 @@ async fn acknowledged_grants_survive_kill_9_and_expired_ones_expire_on_start() {
     for r in &present {
         assert!(r.starts_with("burst-"), "unexpected grant {r}");
     }
-    assert!(!present.contains("short"), "the 1s grant expired while down");
+    assert!(
+        !present.contains("short"),
+        "the 1s grant expired while down"
+    );
     let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).unwrap();
     let expired_on_start = audit.lines().any(|l| {
-        l.contains("\"grant.expired\"") && l.contains(short["id"].as_str().unwrap()) && l.contains("not running")
+        l.contains("\"grant.expired\"")
+            && l.contains(short["id"].as_str().unwrap())
+            && l.contains("not running")
     });
-    assert!(expired_on_start, "grant.expired for the short grant on start");
+    assert!(
+        expired_on_start,
+        "grant.expired for the short grant on start"
+    );
 
     // The pending request came back and can be approved.
     let id = pending["id"].as_str().unwrap();
-    let (st, body) = http(gw2.admin, "POST", &format!("/v1/requests/{id}/approve"), Some(CAROL_TOKEN), Some("{}")).await;
+    let (st, body) = http(
+        gw2.admin,
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        Some(CAROL_TOKEN),
+        Some("{}"),
+    )
+    .await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["state"], "approved");
     // A grant restored from the journal admits a real client.
     let mut c = tokio_postgres::Config::new();
     c.host("127.0.0.1").port(pg).user("postgres").dbname("test");
-    let (client, conn) = c.connect(tokio_postgres::NoTls).await.expect("admitted by a restored grant");
+    let (client, conn) = c
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("admitted by a restored grant");
     tokio::spawn(conn);
     client.simple_query("SELECT 1").await.unwrap();
 }

@@ -70,6 +70,7 @@ pub fn router(gw: Arc<Gateway>, surface: Surface) -> Router {
             .route("/v1/requests/{id}/approve", post(workflow_routes::approve))
             .route("/v1/requests/{id}/deny", post(workflow_routes::deny))
             .route("/v1/policy/explain", get(workflow_routes::explain))
+            .route("/v1/reload", post(routes::reload))
             .route("/v1/sessions", get(routes::list_sessions))
             .route("/v1/sessions/{id}", delete(routes::kill_session)),
     };

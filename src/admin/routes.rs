@@ -158,3 +158,17 @@ pub async fn kill_session(
         sessions_closed: n,
     }))
 }
+
+/// `POST /v1/reload` (admin): read the config file again and apply it.
+pub async fn reload(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+) -> Result<Json<crate::reload::Summary>, ApiError> {
+    caller.require(Role::Admin)?;
+    crate::reload::reload_file(&gw)
+        .await
+        .map(Json)
+        .map_err(|e| {
+            ApiError::bad_request(format!("configuration rejected, the old one stays: {e}"))
+        })
+}

@@ -74,6 +74,12 @@ pub struct GatewayConfig {
     pub relay_buffer_size: usize,
     /// A pending access request not fully approved by then expires. Default `1h`.
     pub request_ttl: HumanDuration,
+    /// On SIGTERM/SIGINT, live sessions are told and closed; the process
+    /// exits after at most this long. Default `10s`.
+    pub shutdown_timeout: HumanDuration,
+    /// How often the config file is checked for changes (a change is
+    /// reloaded); `0s` = only on SIGHUP and `POST /v1/reload`. Default `2s`.
+    pub watch_interval: HumanDuration,
 }
 
 impl Default for GatewayConfig {
@@ -90,6 +96,8 @@ impl Default for GatewayConfig {
             ],
             relay_buffer_size: 8192,
             request_ttl: HumanDuration(Duration::from_secs(3600)),
+            shutdown_timeout: HumanDuration(Duration::from_secs(10)),
+            watch_interval: HumanDuration(Duration::from_secs(2)),
         }
     }
 }
