@@ -37,6 +37,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod ending;
 pub mod enforce;
 pub mod gateway;
