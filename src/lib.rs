@@ -54,4 +54,5 @@ pub mod requests;
 pub mod server;
 pub mod sessions;
 pub mod timefmt;
+pub mod tls;
 pub mod workflow;
