@@ -86,7 +86,11 @@ impl ConnWrite<'_> {
 macro_rules! delegate_read {
     ($t:ty) => {
         impl AsyncRead for $t {
-            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
                     Self::TlsServer(s) => Pin::new(s).poll_read(cx, buf),
@@ -100,7 +104,11 @@ macro_rules! delegate_read {
 macro_rules! delegate_write {
     ($t:ty) => {
         impl AsyncWrite for $t {
-            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
                     Self::TlsServer(s) => Pin::new(s).poll_write(cx, buf),

@@ -55,10 +55,14 @@ impl Target {
             Some("https") => true,
             _ => return Err(HttpError::Url(url.to_string())),
         };
-        let authority = uri.authority().ok_or_else(|| HttpError::Url(url.to_string()))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| HttpError::Url(url.to_string()))?;
         let tls = if https {
             let ca = ca.ok_or_else(|| {
-                HttpError::Tls("https:// needs the CA certificate that signed the server's (--ca FILE)".into())
+                HttpError::Tls(
+                    "https:// needs the CA certificate that signed the server's (--ca FILE)".into(),
+                )
             })?;
             let mut roots = rustls::RootCertStore::empty();
             for c in crate::tls::load_certs(ca).map_err(|e| HttpError::Tls(e.to_string()))? {
@@ -74,10 +78,16 @@ impl Target {
             None
         };
         Ok(Target {
-            host: authority.host().trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
             authority: authority.as_str().to_string(),
-            path: uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string()),
+            path: uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.as_str().to_string()),
             tls,
         })
     }
@@ -116,7 +126,8 @@ pub async fn call(
                 sender
             }
             Some(cfg) => {
-                let name = ServerName::try_from(target.host.clone()).map_err(|e| HttpError::Tls(e.to_string()))?;
+                let name = ServerName::try_from(target.host.clone())
+                    .map_err(|e| HttpError::Tls(e.to_string()))?;
                 let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                     .connect(name, stream)
                     .await

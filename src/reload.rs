@@ -119,17 +119,26 @@ fn alpn(r: &ResourceConfig) -> &'static [&'static [u8]] {
 }
 
 /// The TLS material of a resource: client leg (if any) and backend leg.
-pub fn tls_material(r: &ResourceConfig) -> Result<(Option<Arc<ServerTls>>, Arc<BackendTls>), TlsError> {
+pub fn tls_material(
+    r: &ResourceConfig,
+) -> Result<(Option<Arc<ServerTls>>, Arc<BackendTls>), TlsError> {
     let server = match &r.tls {
         Some(t) => Some(Arc::new(ServerTls::new(t.clone(), alpn(r))?)),
         None => None,
     };
-    let backend = Arc::new(crate::tls::backend_tls(r.backend_tls.as_ref(), r.backend())?);
+    let backend = Arc::new(crate::tls::backend_tls(
+        r.backend_tls.as_ref(),
+        r.backend(),
+    )?);
     Ok((server, backend))
 }
 
 /// Start serving `listener` for `resource`.
-pub fn spawn_listener(gw: &Arc<Gateway>, resource: ResourceConfig, listener: TcpListener) -> Result<(), TlsError> {
+pub fn spawn_listener(
+    gw: &Arc<Gateway>,
+    resource: ResourceConfig,
+    listener: TcpListener,
+) -> Result<(), TlsError> {
     let (tls, backend_tls) = tls_material(&resource)?;
     let addr = listener.local_addr().unwrap_or_else(|_| resource.listen());
     tracing::info!(resource = resource.name(), protocol = resource.protocol().as_str(), listen = %addr, backend = resource.backend(), "resource listening");
@@ -359,7 +368,8 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
         let limits_changed =
             o.idle_timeout() != r.idle_timeout() || o.max_session() != r.max_session();
         let tls_changed = o.tls != r.tls || o.backend_tls != r.backend_tls;
-        let other_changed = o.backend() != r.backend() || o.sensitivity != r.sensitivity || tls_changed;
+        let other_changed =
+            o.backend() != r.backend() || o.sensitivity != r.sensitivity || tls_changed;
         if let Some(h) = gw.listeners.lock().get(r.name()) {
             h.resource.store(Arc::new(r.clone()));
             if tls_changed {

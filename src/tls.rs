@@ -90,9 +90,12 @@ pub fn server_config(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = match &cfg.client_ca {
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca.get_ref())?), provider())
-                .build()
-                .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca.get_ref())?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -136,7 +139,9 @@ pub struct ServerTls {
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls").field("cert", &self.settings.cert.get_ref()).finish_non_exhaustive()
+        f.debug_struct("ServerTls")
+            .field("cert", &self.settings.cert.get_ref())
+            .finish_non_exhaustive()
     }
 }
 
@@ -186,7 +191,9 @@ impl ServerTls {
                     tracing::info!(cert = %self.settings.cert.get_ref().display(), "TLS certificate files changed: new handshakes use the new material");
                     self.current.store(cfg);
                 }
-                Err(e) => tracing::error!(error = %e, "TLS certificate files changed but cannot be used; keeping the previous material"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate files changed but cannot be used; keeping the previous material")
+                }
             }
         }
         self.current.load_full()
@@ -232,10 +239,15 @@ pub struct BackendTls {
 /// (`host:port`).
 pub fn backend_tls(cfg: Option<&BackendTlsConfig>, backend: &str) -> Result<BackendTls, TlsError> {
     let mode = cfg.map_or(BackendTlsMode::Disable, |c| c.mode);
-    let host = cfg
-        .and_then(|c| c.server_name.clone())
-        .unwrap_or_else(|| backend.rsplit_once(':').map_or(backend, |(h, _)| h).trim_matches(['[', ']']).to_string());
-    let server_name = ServerName::try_from(host.clone()).map_err(|e| TlsError::Rustls(format!("server name {host:?}: {e}")))?;
+    let host = cfg.and_then(|c| c.server_name.clone()).unwrap_or_else(|| {
+        backend
+            .rsplit_once(':')
+            .map_or(backend, |(h, _)| h)
+            .trim_matches(['[', ']'])
+            .to_string()
+    });
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|e| TlsError::Rustls(format!("server name {host:?}: {e}")))?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
@@ -248,10 +260,14 @@ pub fn backend_tls(cfg: Option<&BackendTlsConfig>, backend: &str) -> Result<Back
                 .with_no_client_auth(),
         )),
         BackendTlsMode::VerifyFull => {
-            let ca = cfg
-                .and_then(|c| c.ca.as_ref())
-                .ok_or_else(|| TlsError::Rustls("backend_tls mode verify-full needs `ca`".into()))?;
-            Some(Arc::new(builder.with_root_certificates(roots(ca.get_ref())?).with_no_client_auth()))
+            let ca = cfg.and_then(|c| c.ca.as_ref()).ok_or_else(|| {
+                TlsError::Rustls("backend_tls mode verify-full needs `ca`".into())
+            })?;
+            Some(Arc::new(
+                builder
+                    .with_root_certificates(roots(ca.get_ref())?)
+                    .with_no_client_auth(),
+            ))
         }
     };
     Ok(BackendTls {
@@ -286,7 +302,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -295,7 +316,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -83,7 +83,8 @@ async fn serve_tls(
         let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-            let stream = match tokio::time::timeout(ADMIN_TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+            let stream = match tokio::time::timeout(ADMIN_TLS_HANDSHAKE, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "admin API TLS handshake failed");

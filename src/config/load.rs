@@ -410,7 +410,10 @@ fn validate_tls(c: &Config, errs: &mut Errors<'_>) {
             errs.push(t.cert.span(), format!("{what}: {e}"));
         }
         if t.identity == TlsIdentity::Certificate && t.client_ca.is_none() {
-            errs.push(t.cert.span(), format!("{what}: identity = \"certificate\" needs client_ca"));
+            errs.push(
+                t.cert.span(),
+                format!("{what}: identity = \"certificate\" needs client_ca"),
+            );
         }
     };
     if let Some(t) = &c.gateway.admin_tls {
@@ -422,7 +425,13 @@ fn validate_tls(c: &Config, errs: &mut Errors<'_>) {
         }
         if let Some(b) = &r.backend_tls {
             if b.mode == BackendTlsMode::VerifyFull && b.ca.is_none() {
-                errs.push(r.backend.span(), format!("resource {:?}: backend_tls mode verify-full needs `ca`", r.name()));
+                errs.push(
+                    r.backend.span(),
+                    format!(
+                        "resource {:?}: backend_tls mode verify-full needs `ca`",
+                        r.name()
+                    ),
+                );
             } else if let Err(e) = crate::tls::backend_tls(Some(b), r.backend()) {
                 let span = b.ca.as_ref().map_or_else(|| r.backend.span(), |c| c.span());
                 errs.push(span, format!("resource {:?} backend_tls: {e}", r.name()));

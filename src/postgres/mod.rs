@@ -30,11 +30,11 @@ use tokio::net::TcpStream;
 use crate::admission::{self, Identity, Refusal};
 use crate::config::{BackendTlsMode, ResourceConfig, TlsIdentity};
 use crate::conn::Conn;
-use crate::tls::{BackendTls, ServerTls};
 use crate::ending::EndReason;
 use crate::gateway::Gateway;
 use crate::metrics::{self as m, Outcome};
 use crate::relay::{self, RelayParams};
+use crate::tls::{BackendTls, ServerTls};
 
 /// At most this many SSL/GSSENC negotiation requests before the startup
 /// message (libpq sends at most one of each).
@@ -115,9 +115,15 @@ pub async fn handle(
     // TLS policy of the resource, before the grant table is consulted.
     if let Some(t) = &tls {
         let refusal = if t.settings.require && !client.is_tls() {
-            Some(format!("jitgate: {name} requires TLS (connect with sslmode=require)"))
-        } else if t.settings.identity == TlsIdentity::Certificate && !certificate_names_login(&client, &login) {
-            Some(format!("jitgate: the client certificate does not name login {login:?}"))
+            Some(format!(
+                "jitgate: {name} requires TLS (connect with sslmode=require)"
+            ))
+        } else if t.settings.identity == TlsIdentity::Certificate
+            && !certificate_names_login(&client, &login)
+        {
+            Some(format!(
+                "jitgate: the client certificate does not name login {login:?}"
+            ))
         } else {
             None
         };
@@ -203,7 +209,13 @@ pub async fn handle(
     let params = RelayParams {
         session: session.clone(),
         idle: resource.idle_timeout(),
-        warnings: gw.config().gateway.expiry_warnings.iter().map(|d| d.0).collect(),
+        warnings: gw
+            .config()
+            .gateway
+            .expiry_warnings
+            .iter()
+            .map(|d| d.0)
+            .collect(),
         buffer_size: gw.config().gateway.relay_buffer_size,
         handshake_deadline: Some(auth_deadline),
     };
@@ -222,10 +234,18 @@ fn certificate_names_login(client: &Conn, login: &str) -> bool {
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .is_some_and(|leaf| crate::tls::certificate_names(leaf).iter().any(|n| n == login))
+        .is_some_and(|leaf| {
+            crate::tls::certificate_names(leaf)
+                .iter()
+                .any(|n| n == login)
+        })
 }
 
-async fn connect_backend(gw: &Gateway, resource: &ResourceConfig, tls: Option<&BackendTls>) -> std::io::Result<Conn> {
+async fn connect_backend(
+    gw: &Gateway,
+    resource: &ResourceConfig,
+    tls: Option<&BackendTls>,
+) -> std::io::Result<Conn> {
     let t = gw.config().gateway.backend_connect_timeout.0;
     let fut = async {
         let mut s = TcpStream::connect(resource.backend()).await?;
@@ -254,7 +274,6 @@ async fn connect_backend(gw: &Gateway, resource: &ResourceConfig, tls: Option<&B
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
-
 
 async fn send_fatal(
     client: &mut Conn,
@@ -295,7 +314,9 @@ async fn read_startup(
         }
         if first[0] == 0x16 {
             let Some(tls) = tls else {
-                return Err(StartupFailure::Tls("TLS is not configured for this resource".into()));
+                return Err(StartupFailure::Tls(
+                    "TLS is not configured for this resource".into(),
+                ));
             };
             upgrade(conn, tls, true).await?;
         }
@@ -314,7 +335,11 @@ async fn read_startup(
                 }
             }
             Some(req @ (StartupRequest::Ssl | StartupRequest::GssEnc)) => {
-                let what = if req == StartupRequest::Ssl { "SSL" } else { "GSSENC" };
+                let what = if req == StartupRequest::Ssl {
+                    "SSL"
+                } else {
+                    "GSSENC"
+                };
                 // CVE-2021-23214: nothing may follow the request before our answer.
                 if !buf.is_empty() {
                     return Err(StartupFailure::Pipelined(what));
@@ -353,7 +378,11 @@ async fn read_startup(
 /// Run the server side of a TLS handshake on the plaintext `conn`.
 /// `direct`: PostgreSQL 17 `sslnegotiation=direct`, which requires ALPN
 /// `postgresql`.
-async fn upgrade(conn: &mut Option<Conn>, tls: &ServerTls, direct: bool) -> Result<(), StartupFailure> {
+async fn upgrade(
+    conn: &mut Option<Conn>,
+    tls: &ServerTls,
+    direct: bool,
+) -> Result<(), StartupFailure> {
     let Some(Conn::Plain(tcp)) = conn.take() else {
         return Err(StartupFailure::Tls("TLS requested twice".into()));
     };
