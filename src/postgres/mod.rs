@@ -112,6 +112,21 @@ pub async fn handle(
     let Some(mut client) = conn else { return };
     let login = msg.user().unwrap_or_default().to_string();
 
+    // A grant opens SQL sessions; a replication connection would stream
+    // the whole database (or its WAL) out. Refused, whoever asks.
+    if msg.get("replication").is_some_and(|v| {
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        )
+    }) {
+        m::connection(&name, "postgres", Outcome::Denied);
+        m::handshake(accepted.elapsed());
+        let text = "jitgate: replication connections are not allowed through jitgate";
+        let _ = send_fatal(&mut client, "28000", text, None).await;
+        return;
+    }
+
     // TLS policy of the resource, before the grant table is consulted.
     if let Some(t) = &tls {
         let refusal = if t.settings.require && !client.is_tls() {
