@@ -74,7 +74,9 @@ impl Gateway {
     /// Build the state for `config`; opens the audit log.
     pub fn new(config: Config) -> std::io::Result<Gateway> {
         let shutdown = CancellationToken::new();
-        let audit = AuditLog::open(&config.gateway.state_dir)?;
+        // The recorder first, so the audit log's health gauge is recorded.
+        let prometheus = m::install();
+        let audit = AuditLog::open(&config.gateway.state_dir, config.gateway.audit_rotate_bytes)?;
         let tracker = TaskTracker::new();
         let notifier = Notifier::start(&config.notify, &tracker, &shutdown);
         Ok(Gateway {
@@ -86,7 +88,7 @@ impl Gateway {
             cancel_keys: Arc::new(CancelKeys::new()),
             shutdown,
             tracker,
-            prometheus: m::install(),
+            prometheus,
             config: Arc::new(config),
         })
     }
