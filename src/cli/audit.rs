@@ -33,9 +33,10 @@ pub fn verify(paths: &[PathBuf], after: Option<&str>) -> ExitCode {
             if let Some(p) = &v.torn_tail {
                 eprintln!("note: {p}: incomplete last line not counted (a write in progress, or one cut short by a crash; jitgate moves it aside when it next starts)");
             }
+            let records = if v.records == 1 { "record" } else { "records" };
             let files = if v.files == 1 { "file" } else { "files" };
             println!(
-                "OK: {} records in {} {files}; last hash {}",
+                "OK: {} {records} in {} {files}; last hash {}",
                 v.records, v.files, v.last
             );
             ExitCode::SUCCESS
