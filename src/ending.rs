@@ -35,6 +35,9 @@ pub enum EndReason {
     MaxSession(Duration),
     /// The gateway is shutting down.
     Shutdown,
+    /// A configuration reload removed what the access depended on (the
+    /// resource, the user, the policy).
+    Config(String),
     /// A protocol or I/O error on the gateway's side.
     Error,
 }
@@ -52,6 +55,7 @@ impl EndReason {
             EndReason::Idle(_) => "idle",
             EndReason::MaxSession(_) => "max_session",
             EndReason::Shutdown => "shutdown",
+            EndReason::Config(_) => "config",
             EndReason::Error => "error",
         }
     }
@@ -69,6 +73,7 @@ impl EndReason {
     pub fn detail(&self) -> Option<&str> {
         match self {
             EndReason::Revoked { reason, .. } | EndReason::Killed { reason, .. } => Some(reason),
+            EndReason::Config(why) => Some(why),
             _ => None,
         }
     }
@@ -120,6 +125,12 @@ impl fmt::Display for ClientText<'_> {
                 HumanDuration(*d)
             ),
             EndReason::Shutdown => write!(f, "jitgate: gateway is shutting down"),
+            EndReason::Config(why) => {
+                write!(
+                    f,
+                    "jitgate: access to {r} ended by a configuration change: {why}"
+                )
+            }
             EndReason::Client | EndReason::Backend | EndReason::Error => {
                 write!(f, "jitgate: session on {r} ended")
             }

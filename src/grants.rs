@@ -72,6 +72,33 @@ pub struct NewGrant {
     pub kind: GrantKind,
 }
 
+/// A grant as the journal stores it: everything needed to rebuild it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GrantRecord {
+    /// Id.
+    pub id: GrantId,
+    /// Who it is for.
+    pub principal: String,
+    /// Resource.
+    pub resource: String,
+    /// Logins.
+    pub logins: Vec<String>,
+    /// Sources.
+    pub sources: Vec<IpNet>,
+    /// Creation.
+    #[serde(with = "crate::timefmt::unix_ms")]
+    pub created_at: SystemTime,
+    /// Deadline.
+    #[serde(with = "crate::timefmt::unix_ms")]
+    pub expires_at: SystemTime,
+    /// Why.
+    pub reason: String,
+    /// Who created it.
+    pub actor: String,
+    /// The request it came from (none for break-glass grants).
+    pub request_id: Option<Uuid>,
+}
+
 /// One grant. Shared as `Arc<Grant>` by the table and the sessions on it.
 #[derive(Debug)]
 pub struct Grant {
@@ -126,6 +153,22 @@ impl Grant {
         self.end.get()
     }
 
+    /// The grant as the journal stores it.
+    pub fn record(&self) -> GrantRecord {
+        GrantRecord {
+            id: self.id,
+            principal: self.principal.clone(),
+            resource: self.resource.clone(),
+            logins: self.logins.clone(),
+            sources: self.sources.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at(),
+            reason: self.reason.clone(),
+            actor: self.actor.clone(),
+            request_id: self.kind.request_id(),
+        }
+    }
+
     /// Live: not ended and deadline in the future.
     pub fn is_live(&self, now: SystemTime) -> bool {
         !self.token.is_cancelled() && self.expires_at() > now
@@ -165,21 +208,46 @@ impl GrantTable {
         }
     }
 
-    /// Create a grant from now for `new.duration`.
-    pub fn insert(&self, new: NewGrant) -> Arc<Grant> {
+    /// The record of a grant from now for `new.duration`, with a fresh id,
+    /// not yet in the table (so it can be journaled first).
+    pub fn prepare(new: NewGrant) -> GrantRecord {
         let now = SystemTime::now();
-        let expires_at = now + new.duration;
-        let (expires, _) = watch::channel(expires_at);
-        let grant = Arc::new(Grant {
+        GrantRecord {
             id: Uuid::now_v7(),
             principal: new.principal,
             resource: new.resource,
             logins: new.logins,
             sources: new.sources,
             created_at: now,
+            expires_at: now + new.duration,
             reason: new.reason,
             actor: new.actor,
-            kind: new.kind,
+            request_id: new.kind.request_id(),
+        }
+    }
+
+    /// Create a grant from now for `new.duration`.
+    pub fn insert(&self, new: NewGrant) -> Arc<Grant> {
+        self.restore(Self::prepare(new))
+    }
+
+    /// Put a grant in the table from its record (new or read back from the
+    /// journal).
+    pub fn restore(&self, rec: GrantRecord) -> Arc<Grant> {
+        let (expires, _) = watch::channel(rec.expires_at);
+        let grant = Arc::new(Grant {
+            id: rec.id,
+            principal: rec.principal,
+            resource: rec.resource,
+            logins: rec.logins,
+            sources: rec.sources,
+            created_at: rec.created_at,
+            reason: rec.reason,
+            actor: rec.actor,
+            kind: match rec.request_id {
+                Some(r) => GrantKind::Request(r),
+                None => GrantKind::BreakGlass,
+            },
             expires,
             token: self.root.child_token(),
             end: OnceLock::new(),
@@ -192,7 +260,7 @@ impl GrantTable {
                 .push(grant.clone());
         }
         self.by_id.insert(grant.id, grant.clone());
-        self.schedule(expires_at, grant.id);
+        self.schedule(rec.expires_at, grant.id);
         grant
     }
 
@@ -240,6 +308,24 @@ impl GrantTable {
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Set a live grant's deadline (a reload that tightens a policy);
+    /// false if the grant is not live. The caller pokes its sessions.
+    pub fn set_deadline(&self, id: &GrantId, at: SystemTime) -> bool {
+        let Some(grant) = self.get(id) else {
+            return false;
+        };
+        if !grant.is_live(SystemTime::now()) {
+            return false;
+        }
+        let mut d = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        d.remove(&(grant.expires_at(), grant.id));
+        d.insert((at, grant.id));
+        grant.expires.send_replace(at);
+        drop(d);
+        self.wake.notify_one();
+        true
     }
 
     /// Move a live grant's deadline `by` later; returns the new deadline.

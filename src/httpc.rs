@@ -78,7 +78,7 @@ pub async fn call(
     let fut = async {
         let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
             .await
-            .map_err(|e| HttpError::Io(format!("cannot connect to {}: {e}", target.authority)))?;
+            .map_err(|e| HttpError::Io(format!("connecting to {}: {e}", target.authority)))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| io(&e))?;

@@ -44,7 +44,8 @@ pub enum RequestState {
 }
 
 /// What is asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RequestKind {
     /// A new grant.
     Access,
@@ -53,18 +54,19 @@ pub enum RequestKind {
 }
 
 /// One approval.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Approval {
     /// Who approved.
     pub by: String,
     /// When.
+    #[serde(with = "crate::timefmt::unix_ms")]
     pub at: SystemTime,
     /// Their comment.
     pub comment: String,
 }
 
-/// One access request.
-#[derive(Debug, Clone)]
+/// One access request. Serialized as is into the journal.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     /// Id.
     pub id: RequestId,
@@ -79,8 +81,10 @@ pub struct Request {
     /// Source networks the grant will carry.
     pub sources: Vec<IpNet>,
     /// The duration asked for.
+    #[serde(with = "crate::timefmt::duration_ms")]
     pub requested: Duration,
     /// The duration that will be granted (capped by policy).
+    #[serde(with = "crate::timefmt::duration_ms")]
     pub duration: Duration,
     /// Why.
     pub reason: String,
@@ -95,8 +99,10 @@ pub struct Request {
     /// State.
     pub state: RequestState,
     /// Creation time.
+    #[serde(with = "crate::timefmt::unix_ms")]
     pub created_at: SystemTime,
     /// A pending request expires then.
+    #[serde(with = "crate::timefmt::unix_ms")]
     pub expires_at: SystemTime,
     /// Who denied it.
     pub denied_by: Option<String>,
@@ -276,6 +282,19 @@ impl RequestTable {
         r.denied_by = Some(by.to_string());
         r.deny_reason = Some(reason.to_string());
         Ok(r.clone())
+    }
+
+    /// Put back a request read from the journal (replaces one with the same id).
+    pub fn restore(&self, r: Request) {
+        self.lock().insert(r.id, r);
+    }
+
+    /// Drop finished requests that ended before `before` (journal compaction
+    /// keeps the history bounded).
+    pub fn forget_finished_before(&self, before: SystemTime) {
+        self.lock().retain(|_, r| {
+            r.state == RequestState::Pending || r.expires_at >= before || r.created_at >= before
+        });
     }
 
     /// Expire every pending request whose time is up; returns them.

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Protocol, ResourceConfig};
 use crate::gateway::Gateway;
@@ -17,14 +19,9 @@ use crate::gateway::Gateway;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The state directory or audit log could not be opened.
-    #[error("cannot open the state directory {dir}: {source}")]
-    State {
-        /// The directory.
-        dir: String,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// The state directory, audit log or journal could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::gateway::OpenError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
@@ -45,17 +42,12 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The bound metrics-only address, if configured.
     pub metrics_addr: Option<SocketAddr>,
-    /// Bound address of each resource, in config order.
-    pub resource_addrs: Vec<(String, SocketAddr)>,
 }
 
 impl Running {
     /// The bound address of a resource.
     pub fn resource_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.resource_addrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.gateway.listeners.addr(name)
     }
 
     /// Stop: end every session (reason `shutdown`), stop listening, and
@@ -89,23 +81,22 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
 
 /// Bind everything and start serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let dir = config.gateway.state_dir.display().to_string();
-    let gw = Arc::new(Gateway::new(config).map_err(|source| StartError::State { dir, source })?);
+    let gw = Arc::new(Gateway::new(config)?);
 
     // Bind all listeners before serving any, so a bad address fails start-up whole.
     let mut listeners = Vec::new();
-    for r in &gw.config.resources {
+    for r in &gw.config().resources {
         let l = bind(r.listen(), &format!("resource {}", r.name())).await?;
-        listeners.push((Arc::new(r.clone()), l));
+        listeners.push((r.clone(), l));
     }
-    let admin = bind(gw.config.gateway.admin_listen, "the admin API").await?;
-    let metrics = match gw.config.gateway.metrics_listen {
+    let admin = bind(gw.config().gateway.admin_listen, "the admin API").await?;
+    let metrics = match gw.config().gateway.metrics_listen {
         Some(a) => Some(bind(a, "metrics").await?),
         None => None,
     };
 
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
-        addr: gw.config.gateway.admin_listen,
+        addr: gw.config().gateway.admin_listen,
         what: "the admin API".into(),
         source,
     })?;
@@ -127,12 +118,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ));
     }
 
-    let mut resource_addrs = Vec::new();
     for (r, l) in listeners {
-        let addr = l.local_addr().unwrap_or_else(|_| r.listen());
-        tracing::info!(resource = r.name(), protocol = r.protocol().as_str(), listen = %addr, backend = r.backend(), "resource listening");
-        resource_addrs.push((r.name().to_string(), addr));
-        gw.tracker.spawn(accept_loop(gw.clone(), r, l));
+        crate::reload::spawn_listener(&gw, r, l);
     }
 
     {
@@ -169,16 +156,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         gateway: gw,
         admin_addr,
         metrics_addr,
-        resource_addrs,
     })
 }
 
-async fn accept_loop(gw: Arc<Gateway>, resource: Arc<ResourceConfig>, listener: TcpListener) {
+/// Accept connections for one resource until `stop` (reload removed or
+/// moved it, or shutdown). Each connection gets the resource's settings as
+/// they are when it is accepted.
+pub(crate) async fn accept_loop(
+    gw: Arc<Gateway>,
+    resource: Arc<ArcSwap<ResourceConfig>>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
-            _ = gw.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
+        let resource = resource.load_full();
         match accepted {
             Ok((stream, peer)) => {
                 if let Err(e) = stream.set_nodelay(true) {

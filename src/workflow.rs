@@ -18,6 +18,7 @@ use crate::config::HumanDuration;
 use crate::ending::EndReason;
 use crate::gateway::{Gateway, OpError};
 use crate::grants::{GrantId, GrantKind, NewGrant};
+use crate::journal::Record;
 use crate::policy;
 use crate::requests::{Request, RequestError, RequestId, RequestKind, RequestState};
 use crate::sessions::wait_closed;
@@ -77,7 +78,7 @@ impl Gateway {
     /// A requester asks for access; auto-approved policies grant at once.
     pub fn request_access(&self, principal: &str, ask: AccessRequest) -> Result<Created, OpError> {
         let now = SystemTime::now();
-        let decision = policy::evaluate(&self.config, principal, &ask.resource, now)
+        let decision = policy::evaluate(&self.config(), principal, &ask.resource, now)
             .map_err(|n| OpError::Forbidden(n.explain.last().cloned().unwrap_or_default()))?;
         if ask.duration.is_zero() {
             return Err(OpError::Invalid("duration must be greater than 0s".into()));
@@ -127,7 +128,7 @@ impl Gateway {
             approvals: Vec::new(),
             state: RequestState::Pending,
             created_at: now,
-            expires_at: now + self.config.gateway.request_ttl.0,
+            expires_at: now + self.config().gateway.request_ttl.0,
             denied_by: None,
             deny_reason: None,
             grant_id: None,
@@ -145,6 +146,7 @@ impl Gateway {
                 r.state = RequestState::Approved;
                 self.grant_for(r)?;
             }
+            self.journal_request(r)?;
             Ok::<(), OpError>(())
         })??;
         let outcome = if created.state == RequestState::Approved {
@@ -203,6 +205,12 @@ impl Gateway {
                 e.reason = Some(r.reason.clone());
                 e.actor = r.approvals.last().map(|a| a.by.clone());
                 self.audit.write(e)?;
+                self.journal
+                    .append(&Record::GrantExtended {
+                        id: grant_id,
+                        expires_at: grant.expires_at() + r.duration,
+                    })
+                    .map_err(OpError::Journal)?;
                 self.grants
                     .extend(&grant_id, r.duration)
                     .ok_or_else(|| OpError::Conflict(format!("grant {grant_id} has ended")))?;
@@ -273,6 +281,7 @@ impl Gateway {
         e.reason = Some(reason.to_string());
         let r = self.requests.deny(&id, by, reason, SystemTime::now())?;
         self.audit.write(e)?;
+        self.journal_request(&r)?;
         metrics::counter!("jitgate_requests_total", "outcome" => "denied").increment(1);
         self.update_pending_gauge();
         self.notifier.send(
@@ -304,7 +313,7 @@ impl Gateway {
             return Err(OpError::Invalid("--by must be greater than 0s".into()));
         }
         let now = SystemTime::now();
-        let decision = policy::evaluate(&self.config, principal, &grant.resource, now)
+        let decision = policy::evaluate(&self.config(), principal, &grant.resource, now)
             .map_err(|n| OpError::Forbidden(n.explain.last().cloned().unwrap_or_default()))?;
         if decision.require_reason && reason.trim().is_empty() {
             return Err(OpError::Invalid(format!(
@@ -338,7 +347,7 @@ impl Gateway {
             approvals: Vec::new(),
             state: RequestState::Pending,
             created_at: now,
-            expires_at: now + self.config.gateway.request_ttl.0,
+            expires_at: now + self.config().gateway.request_ttl.0,
             denied_by: None,
             deny_reason: None,
             grant_id: None,
@@ -356,6 +365,7 @@ impl Gateway {
                 r.state = RequestState::Approved;
                 self.grant_for(r)?;
             }
+            self.journal_request(r)?;
             Ok::<(), OpError>(())
         })??;
         let outcome = if created.state == RequestState::Approved {
@@ -403,6 +413,9 @@ impl Gateway {
         e.resource = Some(grant.resource.clone());
         e.actor = Some(principal.to_string());
         self.audit.write(e)?;
+        self.journal
+            .append(&Record::GrantEnded { id: grant_id })
+            .map_err(OpError::Journal)?;
         let reason = EndReason::Revoked {
             by: principal.to_string(),
             reason: "released by its holder".into(),
@@ -416,6 +429,12 @@ impl Gateway {
         Ok(wait_closed(&sessions, Duration::from_secs(10)).await)
     }
 
+    fn journal_request(&self, r: &Request) -> Result<(), OpError> {
+        self.journal
+            .append(&Record::Request(Box::new(r.clone())))
+            .map_err(OpError::Journal)
+    }
+
     fn update_pending_gauge(&self) {
         metrics::gauge!("jitgate_requests_pending").set(self.requests.pending() as f64);
     }
@@ -423,10 +442,16 @@ impl Gateway {
     /// Periodic housekeeping: expire pending requests past their TTL and
     /// announce grants that end within the longest expiry warning.
     pub fn sweep(&self, now: SystemTime) {
+        if self.journal.wants_compaction() {
+            if let Err(e) = self.compact() {
+                tracing::error!(error = %e, "journal compaction failed; will retry");
+            }
+        }
         let expired = self.requests.expire_due(now);
         for r in &expired {
             let e = request_event("request.expired", r);
             let _ = self.audit.write(e);
+            let _ = self.journal_request(r);
             metrics::counter!("jitgate_requests_total", "outcome" => "expired").increment(1);
             self.notifier.send(
                 "request.expired",
@@ -441,7 +466,7 @@ impl Gateway {
             self.update_pending_gauge();
         }
         let lead = self
-            .config
+            .config()
             .gateway
             .expiry_warnings
             .iter()

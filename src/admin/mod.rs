@@ -71,6 +71,7 @@ pub fn router(gw: Arc<Gateway>, surface: Surface) -> Router {
             .route("/v1/requests/{id}/approve", post(workflow_routes::approve))
             .route("/v1/requests/{id}/deny", post(workflow_routes::deny))
             .route("/v1/policy/explain", get(workflow_routes::explain))
+            .route("/v1/reload", post(routes::reload))
             .route("/v1/sessions", get(routes::list_sessions))
             .route("/v1/sessions/{id}", delete(routes::kill_session)),
     };
@@ -156,7 +157,7 @@ impl From<OpError> for ApiError {
             OpError::Invalid(_) => StatusCode::BAD_REQUEST,
             OpError::Forbidden(_) => StatusCode::FORBIDDEN,
             OpError::Conflict(_) => StatusCode::CONFLICT,
-            OpError::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::Audit(_) | OpError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }
@@ -214,7 +215,8 @@ impl FromRequestParts<Arc<Gateway>> for Caller {
         // Compare against every user, in constant time, without stopping
         // at the first match.
         let mut found = None;
-        for u in &gw.config.users {
+        let config = gw.config();
+        for u in &config.users {
             if u.token_sha256.get_ref().ct_eq(&presented) {
                 found = Some(u);
             }

@@ -91,7 +91,7 @@ pub async fn create_grant(
     let logins = match req.logins {
         Some(l) => l,
         None => gw
-            .config
+            .config()
             .user(&req.principal)
             .map(|u| u.logins.clone())
             .unwrap_or_default(),
@@ -157,4 +157,18 @@ pub async fn kill_session(
         id,
         sessions_closed: n,
     }))
+}
+
+/// `POST /v1/reload` (admin): read the config file again and apply it.
+pub async fn reload(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+) -> Result<Json<crate::reload::Summary>, ApiError> {
+    caller.require(Role::Admin)?;
+    crate::reload::reload_file(&gw)
+        .await
+        .map(Json)
+        .map_err(|e| {
+            ApiError::bad_request(format!("configuration rejected, the old one stays: {e}"))
+        })
 }

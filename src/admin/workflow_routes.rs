@@ -171,7 +171,7 @@ pub async fn explain(
             .map_err(|_| ApiError::bad_request(format!("at={s:?} is not an RFC 3339 time")))?,
     };
     let stamp = crate::timefmt::rfc3339_seconds(at);
-    let view = match crate::policy::evaluate(&gw.config, &principal, &q.resource, at) {
+    let view = match crate::policy::evaluate(&gw.config(), &principal, &q.resource, at) {
         Ok(d) => ExplainView {
             principal,
             resource: q.resource,

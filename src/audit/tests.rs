@@ -391,3 +391,18 @@ fn rotated_names_sort_after_the_newest_even_if_the_clock_stepped_back() {
     assert!(names.len() >= 2);
     assert!(names[1].starts_with("audit-3"), "{names:?}");
 }
+
+#[test]
+fn a_new_rotation_size_applies_from_the_next_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), 0).unwrap();
+    for _ in 0..40 {
+        log.write(Event::new("session.started")).unwrap();
+    }
+    assert!(files::rotated(dir.path()).unwrap().is_empty());
+    log.set_rotate_bytes(4096);
+    log.write(Event::new("session.started")).unwrap();
+    assert_eq!(files::rotated(dir.path()).unwrap().len(), 1);
+    let files = verify::expand(&[dir.path().to_path_buf()]).unwrap();
+    assert_eq!(check(&files).unwrap().records, 41);
+}

@@ -62,7 +62,7 @@ async fn call<T: DeserializeOwned>(
     .await
     .map_err(|e| match e {
         httpc::HttpError::Timeout(t) => anyhow!("the admin API did not answer within {t:?}"),
-        e => anyhow!("admin API at {}: {e}", api.admin_url),
+        e => anyhow!("cannot reach the admin API at {}: {e}", api.admin_url),
     })?;
     if !(200..300).contains(&status) {
         let msg = serde_json::from_slice::<ErrorBody>(&body)

@@ -79,6 +79,12 @@ pub struct GatewayConfig {
     /// chain continues in a new `audit.jsonl`. `0` = never. Default
     /// `104857600` (100 MiB); at least 4096 unless 0.
     pub audit_rotate_bytes: u64,
+    /// On SIGTERM/SIGINT, live sessions are told and closed; the process
+    /// exits after at most this long. Default `10s`.
+    pub shutdown_timeout: HumanDuration,
+    /// How often the config file is checked for changes (a change is
+    /// reloaded); `0s` = only on SIGHUP and `POST /v1/reload`. Default `2s`.
+    pub watch_interval: HumanDuration,
 }
 
 impl Default for GatewayConfig {
@@ -96,6 +102,8 @@ impl Default for GatewayConfig {
             relay_buffer_size: 8192,
             request_ttl: HumanDuration(Duration::from_secs(3600)),
             audit_rotate_bytes: 100 << 20,
+            shutdown_timeout: HumanDuration(Duration::from_secs(10)),
+            watch_interval: HumanDuration(Duration::from_secs(2)),
         }
     }
 }

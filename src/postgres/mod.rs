@@ -70,7 +70,7 @@ pub async fn handle(
 ) {
     let accepted = Instant::now();
     let name = resource.name().to_string();
-    let timeout = gw.config.gateway.handshake_timeout.0;
+    let timeout = gw.config().gateway.handshake_timeout.0;
     let auth_deadline = tokio::time::Instant::now() + timeout;
 
     let startup = tokio::select! {
@@ -176,13 +176,13 @@ pub async fn handle(
         session: session.clone(),
         idle: resource.idle_timeout(),
         warnings: gw
-            .config
+            .config()
             .gateway
             .expiry_warnings
             .iter()
             .map(|d| d.0)
             .collect(),
-        buffer_size: gw.config.gateway.relay_buffer_size,
+        buffer_size: gw.config().gateway.relay_buffer_size,
         handshake_deadline: Some(auth_deadline),
     };
     let wire = wire::PgWire::new(gw.cancel_keys.clone(), resource.backend().to_string());
@@ -192,7 +192,7 @@ pub async fn handle(
 }
 
 async fn connect_backend(gw: &Gateway, resource: &ResourceConfig) -> std::io::Result<TcpStream> {
-    let t = gw.config.gateway.backend_connect_timeout.0;
+    let t = gw.config().gateway.backend_connect_timeout.0;
     let s = tokio::time::timeout(t, TcpStream::connect(resource.backend()))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -257,7 +257,7 @@ async fn read_startup(gw: &Gateway, client: &mut TcpStream) -> Result<Startup, S
                 secret_key,
             }) => {
                 if let Some(target) = gw.cancel_keys.lookup(process_id, secret_key) {
-                    let t = gw.config.gateway.backend_connect_timeout.0;
+                    let t = gw.config().gateway.backend_connect_timeout.0;
                     if let Err(e) = cancel::send_cancel(&target, t).await {
                         tracing::warn!(error = %e, "forwarding a cancel request failed");
                     }
