@@ -223,6 +223,13 @@ impl AuditLog {
         let now = SystemTime::now();
         event.ts = Some(now);
         let object = serde_json::to_vec(&event).map_err(io::Error::other)?;
+        if object.len() + chain::SEAL_LEN > MAX_LINE {
+            // Refused before it touches the log: not a fault of the log.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "audit record longer than 1 MiB",
+            ));
+        }
         let mut st = self.lock();
         let mut r = Ok(());
         if let Some(f) = st.failing.clone() {
@@ -233,7 +240,6 @@ impl AuditLog {
         }
         match r {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(e),
             Err(e) => {
                 self.failed(&mut st, &e, event.event, now);
                 Err(e)
@@ -284,12 +290,6 @@ impl AuditLog {
     /// the chain as they were.
     fn append(&self, st: &mut State, object: &[u8]) -> io::Result<()> {
         let (line, hash) = chain::seal(object, &st.prev);
-        if line.len() > MAX_LINE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "audit record longer than 1 MiB",
-            ));
-        }
         if st.dirty {
             st.file.set_len(st.len)?;
             st.dirty = false;

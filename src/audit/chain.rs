@@ -39,6 +39,9 @@ const PREV_PREFIX: &[u8] = b",\"prev\":\"";
 const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
 /// `,"prev":"` + 64 hex + `"`.
 const PREV_MEMBER_LEN: usize = 9 + 64 + 1;
+/// What [`seal`] adds to an object: the `prev` and `hash` members and `\n`
+/// (the object's `}` moves to the end of the hash suffix).
+pub const SEAL_LEN: usize = PREV_MEMBER_LEN + HASH_SUFFIX_LEN;
 
 /// A SHA-256 link of the chain.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -317,6 +320,12 @@ mod tests {
                 other => panic!("{bad:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn seal_adds_seal_len_bytes() {
+        let o = obj("x");
+        assert_eq!(seal(&o, &ChainHash::GENESIS).0.len(), o.len() + SEAL_LEN);
     }
 
     #[test]

@@ -406,3 +406,16 @@ fn a_new_rotation_size_applies_from_the_next_record() {
     let files = verify::expand(&[dir.path().to_path_buf()]).unwrap();
     assert_eq!(check(&files).unwrap().records, 41);
 }
+
+#[test]
+fn an_over_long_record_is_refused_without_harming_the_log() {
+    let (dir, path) = log_of(2);
+    let log = AuditLog::open(dir.path(), 0).unwrap();
+    let mut e = Event::new("grant.created");
+    e.reason = Some("x".repeat(chain::MAX_LINE));
+    let err = log.write(e).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(log.health(), Health::Healthy);
+    log.write(Event::new("session.started")).unwrap();
+    assert_eq!(check_one(&path).unwrap().records, 3);
+}
