@@ -2,7 +2,11 @@
 //! CLI talking to the admin API and webhook deliveries. One request per
 //! connection, bounded answer size, caller-chosen timeout.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -21,38 +25,70 @@ pub enum HttpError {
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// TLS set-up or handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
-/// The parts of an `http://` URL a call needs.
+/// The parts of an `http://` or `https://` URL a call needs.
 #[derive(Debug, Clone)]
 pub struct Target {
     host: String,
     port: u16,
     authority: String,
     path: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
     /// Parse `http://host[:port][/path]`.
     pub fn parse(url: &str) -> Result<Target, HttpError> {
+        Self::parse_with_ca(url, None)
+    }
+
+    /// Parse `http://…` or `https://…`; HTTPS verifies the server against
+    /// the PEM CA certificates in `ca` (required for HTTPS).
+    pub fn parse_with_ca(url: &str, ca: Option<&Path>) -> Result<Target, HttpError> {
         let uri: Uri = url.parse().map_err(|_| HttpError::Url(url.to_string()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(HttpError::Url(url.to_string()));
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(HttpError::Url(url.to_string())),
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| HttpError::Url(url.to_string()))?;
+        let tls = if https {
+            let ca = ca.ok_or_else(|| {
+                HttpError::Tls(
+                    "https:// needs the CA certificate that signed the server's (--ca FILE)".into(),
+                )
+            })?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in crate::tls::load_certs(ca).map_err(|e| HttpError::Tls(e.to_string()))? {
+                roots.add(c).map_err(|e| HttpError::Tls(e.to_string()))?;
+            }
+            let cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| HttpError::Tls(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(cfg))
+        } else {
+            None
+        };
         Ok(Target {
             host: authority
                 .host()
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
             authority: authority.as_str().to_string(),
             path: uri
                 .path_and_query()
                 .map_or("/".to_string(), |p| p.as_str().to_string()),
+            tls,
         })
     }
 
@@ -79,12 +115,32 @@ pub async fn call(
         let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(|e| HttpError::Io(format!("connecting to {}: {e}", target.authority)))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| io(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = match &target.tls {
+            None => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| io(&e))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+            Some(cfg) => {
+                let name = ServerName::try_from(target.host.clone())
+                    .map_err(|e| HttpError::Tls(e.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| HttpError::Tls(e.to_string()))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| io(&e))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+
+use crate::conn::{Conn, ConnRead, ConnWrite};
 
 use crate::ending::EndReason;
 use crate::enforce::{Enforcement, Enforcer};
@@ -216,6 +216,8 @@ struct Up {
     pos: usize,
     /// Bytes in `buf[..len]` the wire has not passed yet.
     held: bool,
+    /// Written since the last flush (TLS buffers records until flushed).
+    dirty: bool,
 }
 
 /// What one step of a direction did.
@@ -229,6 +231,8 @@ enum Step {
 /// Backend → client state beyond the buffer.
 struct DownState {
     down: Down,
+    /// Written to the client since the last flush.
+    dirty: bool,
     hs_in: BytesMut,
     hs_out: BytesMut,
     inject: Vec<u8>,
@@ -238,8 +242,8 @@ struct DownState {
 async fn up_step<W: Wire>(
     up: &mut Up,
     wire: &std::sync::Mutex<&mut W>,
-    client: &mut ReadHalf<'_>,
-    backend: &mut WriteHalf<'_>,
+    client: &mut ConnRead<'_>,
+    backend: &mut ConnWrite<'_>,
     session: &Session,
     counter: &metrics::Counter,
 ) -> Step {
@@ -251,8 +255,20 @@ async fn up_step<W: Wire>(
             Ok(0) | Err(_) => Step::BackendGone,
             Ok(n) => {
                 up.pos += n;
+                // Plain TCP has nothing to flush: skip the extra step.
+                up.dirty = backend.is_tls();
                 Step::Moved
             }
+        };
+    }
+    if up.dirty {
+        // Everything is written: push what TLS may still hold.
+        return match backend.flush().await {
+            Ok(()) => {
+                up.dirty = false;
+                Step::Moved
+            }
+            Err(_) => Step::BackendGone,
         };
     }
     if !up.held {
@@ -291,8 +307,8 @@ async fn up_step<W: Wire>(
 async fn down_step<W: Wire>(
     st: &mut DownState,
     wire: &std::sync::Mutex<&mut W>,
-    backend: &mut ReadHalf<'_>,
-    client: &mut WriteHalf<'_>,
+    backend: &mut ConnRead<'_>,
+    client: &mut ConnWrite<'_>,
     session: &Session,
     counter: &metrics::Counter,
 ) -> Step {
@@ -305,6 +321,7 @@ async fn down_step<W: Wire>(
             Ok(0) | Err(_) => Step::ClientGone,
             Ok(n) => {
                 st.inject_pos += n;
+                st.dirty = client.is_tls();
                 if st.inject_pos >= st.inject.len() {
                     st.inject.clear();
                     st.inject_pos = 0;
@@ -326,8 +343,18 @@ async fn down_step<W: Wire>(
             Ok(0) | Err(_) => Step::ClientGone,
             Ok(n) => {
                 st.down.pos += n;
+                st.dirty = client.is_tls();
                 Step::Moved
             }
+        };
+    }
+    if st.dirty {
+        return match client.flush().await {
+            Ok(()) => {
+                st.dirty = false;
+                Step::Moved
+            }
+            Err(_) => Step::ClientGone,
         };
     }
     let in_handshake = wire
@@ -396,9 +423,11 @@ async fn down_step<W: Wire>(
 pub async fn run<W: Wire>(
     p: RelayParams,
     mut wire: W,
-    mut client: TcpStream,
-    mut backend: TcpStream,
+    client: impl Into<Conn>,
+    backend: impl Into<Conn>,
 ) -> (EndReason, Option<std::time::Instant>) {
+    let mut client: Conn = client.into();
+    let mut backend: Conn = backend.into();
     let session = p.session.clone();
     let mut enforcer = Enforcer::new(session.clone(), p.idle, &p.warnings);
     let (bytes_up, bytes_down) = crate::metrics::byte_counters(&session.resource);
@@ -407,6 +436,7 @@ pub async fn run<W: Wire>(
         len: 0,
         pos: 0,
         held: false,
+        dirty: false,
     };
     let mut st = DownState {
         down: Down {
@@ -417,6 +447,7 @@ pub async fn run<W: Wire>(
             start_boundary: true,
             tail_boundary: true,
         },
+        dirty: false,
         hs_in: BytesMut::new(),
         hs_out: BytesMut::new(),
         inject: Vec::new(),
@@ -482,6 +513,7 @@ pub async fn run<W: Wire>(
             if let Some(msg) = farewell {
                 if drain_to_boundary(&mut client, &mut backend, &mut st.down, &mut wire).await {
                     let _ = client.write_all(&msg).await;
+                    let _ = client.flush().await;
                 }
             }
             let _ = client.shutdown().await;
@@ -507,8 +539,8 @@ pub async fn run<W: Wire>(
 /// to the next boundary, reading more from the backend if the current
 /// message is not complete yet. False if that is not possible.
 async fn drain_to_boundary<W: Wire>(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
+    client: &mut Conn,
+    backend: &mut Conn,
     down: &mut Down,
     wire: &mut W,
 ) -> bool {

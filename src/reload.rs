@@ -38,6 +38,7 @@ use crate::gateway::Gateway;
 use crate::grants::GrantKind;
 use crate::journal::Record;
 use crate::metrics as m;
+use crate::tls::{BackendTls, ServerTls, TlsError};
 
 /// One resource's listener.
 struct Handle {
@@ -45,6 +46,10 @@ struct Handle {
     addr: SocketAddr,
     /// The resource's settings, swapped in place when they change.
     resource: Arc<ArcSwap<ResourceConfig>>,
+    /// Client-leg TLS, if configured.
+    tls: arc_swap::ArcSwapOption<ServerTls>,
+    /// Backend-leg TLS.
+    backend_tls: ArcSwap<BackendTls>,
     stop: CancellationToken,
     done: JoinHandle<()>,
 }
@@ -83,6 +88,16 @@ impl Listeners {
             .collect()
     }
 
+    /// The client-leg TLS material of a resource, if it has some.
+    pub fn tls(&self, name: &str) -> Option<Arc<ServerTls>> {
+        self.lock().get(name).and_then(|h| h.tls.load_full())
+    }
+
+    /// The backend-leg TLS settings of a resource.
+    pub fn backend_tls(&self, name: &str) -> Option<Arc<BackendTls>> {
+        self.lock().get(name).map(|h| h.backend_tls.load_full())
+    }
+
     /// Remember the config file reloads read.
     pub fn set_path(&self, path: PathBuf) {
         *self.path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
@@ -94,8 +109,37 @@ impl Listeners {
     }
 }
 
+/// ALPN protocol ids offered on a resource's client leg.
+fn alpn(r: &ResourceConfig) -> &'static [&'static [u8]] {
+    match r.protocol() {
+        // PostgreSQL 17 direct TLS requires ALPN "postgresql".
+        crate::config::Protocol::Postgres => &[b"postgresql"],
+        _ => &[],
+    }
+}
+
+/// The TLS material of a resource: client leg (if any) and backend leg.
+pub fn tls_material(
+    r: &ResourceConfig,
+) -> Result<(Option<Arc<ServerTls>>, Arc<BackendTls>), TlsError> {
+    let server = match &r.tls {
+        Some(t) => Some(Arc::new(ServerTls::new(t.clone(), alpn(r))?)),
+        None => None,
+    };
+    let backend = Arc::new(crate::tls::backend_tls(
+        r.backend_tls.as_ref(),
+        r.backend(),
+    )?);
+    Ok((server, backend))
+}
+
 /// Start serving `listener` for `resource`.
-pub fn spawn_listener(gw: &Arc<Gateway>, resource: ResourceConfig, listener: TcpListener) {
+pub fn spawn_listener(
+    gw: &Arc<Gateway>,
+    resource: ResourceConfig,
+    listener: TcpListener,
+) -> Result<(), TlsError> {
+    let (tls, backend_tls) = tls_material(&resource)?;
     let addr = listener.local_addr().unwrap_or_else(|_| resource.listen());
     tracing::info!(resource = resource.name(), protocol = resource.protocol().as_str(), listen = %addr, backend = resource.backend(), "resource listening");
     let name = resource.name().to_string();
@@ -112,10 +156,13 @@ pub fn spawn_listener(gw: &Arc<Gateway>, resource: ResourceConfig, listener: Tcp
         Handle {
             addr,
             resource: shared,
+            tls: arc_swap::ArcSwapOption::new(tls),
+            backend_tls: ArcSwap::new(backend_tls),
             stop,
             done,
         },
     );
+    Ok(())
 }
 
 async fn stop_listener(h: Handle) {
@@ -159,6 +206,14 @@ pub enum ReloadError {
     /// No file to read (the gateway was started without one).
     #[error("no configuration file to reload")]
     NoFile,
+    /// TLS material could not be loaded.
+    #[error("resource {resource}: {source}")]
+    Tls {
+        /// The resource.
+        resource: String,
+        /// The cause.
+        source: TlsError,
+    },
 }
 
 /// Read the config file again and apply it.
@@ -239,6 +294,14 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
             None => true,
             Some(o) => o.listen() != r.listen() || o.protocol() != r.protocol(),
         };
+        if let Err(source) = tls_material(r) {
+            let err = ReloadError::Tls {
+                resource: r.name().to_string(),
+                source,
+            };
+            reject(gw, &path, &err.to_string());
+            return Err(err);
+        }
         if moved {
             match TcpListener::bind(r.listen()).await {
                 Ok(l) => bound.push((r.clone(), l)),
@@ -291,7 +354,10 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
         } else {
             sum.changed.push(r.name().to_string());
         }
-        spawn_listener(gw, r, l);
+        if let Err(e) = spawn_listener(gw, r, l) {
+            // Checked above; files changed in between.
+            tracing::error!(error = %e, "resource not started: TLS material unusable");
+        }
     }
 
     // 4. Changed settings of kept resources: swap in place; limits apply to
@@ -302,9 +368,17 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
         };
         let limits_changed =
             o.idle_timeout() != r.idle_timeout() || o.max_session() != r.max_session();
-        let other_changed = o.backend() != r.backend() || o.sensitivity != r.sensitivity;
+        let tls_changed = o.tls != r.tls || o.backend_tls != r.backend_tls;
+        let other_changed =
+            o.backend() != r.backend() || o.sensitivity != r.sensitivity || tls_changed;
         if let Some(h) = gw.listeners.lock().get(r.name()) {
             h.resource.store(Arc::new(r.clone()));
+            if tls_changed {
+                if let Ok((tls, backend)) = tls_material(r) {
+                    h.tls.store(tls);
+                    h.backend_tls.store(backend);
+                }
+            }
         }
         if limits_changed {
             for s in gw.sessions.on_resource(r.name()) {

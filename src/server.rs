@@ -22,6 +22,14 @@ pub enum StartError {
     /// The state directory, audit log or journal could not be opened.
     #[error(transparent)]
     State(#[from] crate::gateway::OpenError),
+    /// TLS material could not be loaded.
+    #[error("resource {resource}: {source}")]
+    Tls {
+        /// The resource.
+        resource: String,
+        /// The cause.
+        source: crate::tls::TlsError,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
@@ -119,7 +127,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 
     for (r, l) in listeners {
-        crate::reload::spawn_listener(&gw, r, l);
+        let name = r.name().to_string();
+        crate::reload::spawn_listener(&gw, r, l).map_err(|source| StartError::Tls {
+            resource: name,
+            source,
+        })?;
     }
 
     {

@@ -37,15 +37,74 @@ pub enum Surface {
     MetricsOnly,
 }
 
-/// Serve the API on `listener` until shutdown.
+/// Serve the API on `listener` until shutdown, over HTTPS when
+/// `[gateway.admin_tls]` is set.
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, surface: Surface) {
     let stop = gw.shutdown.clone();
+    let tls_settings = gw.config().gateway.admin_tls.clone();
     let app = router(gw, surface);
+    if let Some(settings) = tls_settings {
+        match crate::tls::ServerTls::new(settings, &[b"http/1.1"]) {
+            Ok(tls) => serve_tls(app, listener, tls, stop).await,
+            // Checked when the config was loaded; files changed since.
+            Err(e) => tracing::error!(error = %e, "admin API not started: TLS material unusable"),
+        }
+        return;
+    }
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
         tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+/// Longest a client may take for its TLS handshake on the admin API.
+const ADMIN_TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve_tls(
+    app: Router,
+    listener: TcpListener,
+    tls: crate::tls::ServerTls,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let tls = Arc::new(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let stream = match tokio::time::timeout(ADMIN_TLS_HANDSHAKE, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "admin API TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "admin API connection ended");
+                    }
+                }
+            }
+        });
     }
 }
 

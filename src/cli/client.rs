@@ -31,11 +31,12 @@ async fn call<T: DeserializeOwned>(
     path: &str,
     body: Option<&impl Serialize>,
 ) -> anyhow::Result<T> {
-    let target = Target::parse(&api.admin_url).map_err(|_| {
-        anyhow!(
-            "--admin-url {:?} must be http://host[:port] (TLS for the admin API is not available in this version)",
+    let target = Target::parse_with_ca(&api.admin_url, api.ca.as_deref()).map_err(|e| match e {
+        httpc::HttpError::Url(_) => anyhow!(
+            "--admin-url {:?} must be http://host[:port] or https://host[:port]",
             api.admin_url
-        )
+        ),
+        e => anyhow!("{e}"),
     })?;
     let token = api
         .token

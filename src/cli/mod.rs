@@ -41,6 +41,10 @@ pub struct ApiArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// PEM CA certificate that signed the admin API's certificate (for an
+    /// https:// admin URL).
+    #[arg(long, global = true, env = "JITGATE_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 /// Log line format.

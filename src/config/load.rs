@@ -87,6 +87,7 @@ pub fn parse_str(src: &str, file: &str) -> Result<Config, ConfigErrors> {
     };
     validate(&config, &mut errs);
     validate_workflow(&config, &mut errs);
+    validate_tls(&config, &mut errs);
     if errs.list.is_empty() {
         Ok(config)
     } else {
@@ -404,6 +405,43 @@ fn validate_workflow(c: &Config, errs: &mut Errors<'_>) {
                 n.url.span(),
                 "notify: queue, attempts and timeout must be greater than 0".into(),
             );
+        }
+    }
+}
+
+fn validate_tls(c: &Config, errs: &mut Errors<'_>) {
+    use super::{BackendTlsMode, TlsIdentity};
+    let check = |t: &super::TlsConfig, what: &str, errs: &mut Errors<'_>| {
+        if let Err(e) = crate::tls::server_config(t, &[]) {
+            errs.push(t.cert.span(), format!("{what}: {e}"));
+        }
+        if t.identity == TlsIdentity::Certificate && t.client_ca.is_none() {
+            errs.push(
+                t.cert.span(),
+                format!("{what}: identity = \"certificate\" needs client_ca"),
+            );
+        }
+    };
+    if let Some(t) = &c.gateway.admin_tls {
+        check(t, "gateway.admin_tls", errs);
+    }
+    for r in &c.resources {
+        if let Some(t) = &r.tls {
+            check(t, &format!("resource {:?} tls", r.name()), errs);
+        }
+        if let Some(b) = &r.backend_tls {
+            if b.mode == BackendTlsMode::VerifyFull && b.ca.is_none() {
+                errs.push(
+                    r.backend.span(),
+                    format!(
+                        "resource {:?}: backend_tls mode verify-full needs `ca`",
+                        r.name()
+                    ),
+                );
+            } else if let Err(e) = crate::tls::backend_tls(Some(b), r.backend()) {
+                let span = b.ca.as_ref().map_or_else(|| r.backend.span(), |c| c.span());
+                errs.push(span, format!("resource {:?} backend_tls: {e}", r.name()));
+            }
         }
     }
 }

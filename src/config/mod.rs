@@ -85,6 +85,8 @@ pub struct GatewayConfig {
     /// How often the config file is checked for changes (a change is
     /// reloaded); `0s` = only on SIGHUP and `POST /v1/reload`. Default `2s`.
     pub watch_interval: HumanDuration,
+    /// `[gateway.admin_tls]`: serve the admin API over HTTPS. Default: none.
+    pub admin_tls: Option<TlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -104,6 +106,7 @@ impl Default for GatewayConfig {
             audit_rotate_bytes: 100 << 20,
             shutdown_timeout: HumanDuration(Duration::from_secs(10)),
             watch_interval: HumanDuration(Duration::from_secs(2)),
+            admin_tls: None,
         }
     }
 }
@@ -163,6 +166,78 @@ pub struct ResourceConfig {
     /// on this resource. Default: none.
     #[serde(default)]
     pub sensitivity: Option<Spanned<String>>,
+    /// `[resource.tls]`: TLS on the client leg. Default: none (plaintext).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// `[resource.backend_tls]`: TLS towards the backend. Default: `disable`.
+    #[serde(default)]
+    pub backend_tls: Option<BackendTlsConfig>,
+}
+
+/// `[resource.tls]` / `[gateway.admin_tls]`: a certificate jitgate presents.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first). Required.
+    pub cert: Spanned<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: Spanned<PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate
+    /// signed by one of them. Default: none (no client certificates).
+    #[serde(default)]
+    pub client_ca: Option<Spanned<PathBuf>>,
+    /// Refuse clients that do not use TLS. Default `false`.
+    #[serde(default)]
+    pub require: bool,
+    /// `login`: the protocol's user name is the identity (the backend
+    /// authenticates it). `certificate`: the client certificate's subject CN
+    /// or a SAN must also equal the login (needs `client_ca`). Default `login`.
+    #[serde(default)]
+    pub identity: TlsIdentity,
+}
+
+/// Which identity a TLS client must prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsIdentity {
+    /// The protocol user name only.
+    #[default]
+    Login,
+    /// The certificate must name the login too.
+    Certificate,
+}
+
+/// `[resource.backend_tls]`: TLS from jitgate to the backend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// `disable` | `prefer` (TLS if the backend offers it, unverified) |
+    /// `require` (TLS, unverified) | `verify-full` (TLS, certificate
+    /// verified against `ca` and `server_name`). Default `disable`.
+    #[serde(default)]
+    pub mode: BackendTlsMode,
+    /// PEM CA certificates for `verify-full`. Required for `verify-full`.
+    #[serde(default)]
+    pub ca: Option<Spanned<PathBuf>>,
+    /// Name to verify the backend's certificate against. Default: the host
+    /// part of `backend`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// How jitgate uses TLS towards a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    /// Plaintext.
+    #[default]
+    Disable,
+    /// TLS when offered, certificate not verified.
+    Prefer,
+    /// TLS required, certificate not verified.
+    Require,
+    /// TLS required, certificate and name verified.
+    VerifyFull,
 }
 
 fn default_idle_timeout() -> HumanDuration {

@@ -55,6 +55,8 @@ pub struct Opts {
     pub request_ttl: &'static str,
     /// TOML appended to the config (policies, groups, notify sinks).
     pub extra: String,
+    /// TOML placed right after the resource's keys (`[resource.tls]`, ...).
+    pub resource_extra: String,
 }
 
 impl Opts {
@@ -69,6 +71,7 @@ impl Opts {
             backend: pg_backend(),
             request_ttl: "1h",
             extra: String::new(),
+            resource_extra: String::new(),
         }
     }
 }
@@ -101,6 +104,7 @@ listen = "127.0.0.1:0"
 backend = "{backend}"
 idle_timeout = "{idle}"
 max_session = "{max}"
+{resource_extra}
 
 [[user]]
 name = "admin"
@@ -144,6 +148,7 @@ roles = ["approver"]
         dave = sha(DAVE_TOKEN),
         ttl = o.request_ttl,
         extra = o.extra,
+        resource_extra = o.resource_extra,
     )
 }
 
