@@ -101,9 +101,13 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, OpenError> {
         let dir = config.gateway.state_dir.clone();
         let shutdown = CancellationToken::new();
-        let audit = AuditLog::open(&dir).map_err(|source| OpenError::Audit {
-            dir: dir.display().to_string(),
-            source,
+        // The recorder first, so the audit log's health gauge is recorded.
+        let prometheus = m::install();
+        let audit = AuditLog::open(&dir, config.gateway.audit_rotate_bytes).map_err(|source| {
+            OpenError::Audit {
+                dir: dir.display().to_string(),
+                source,
+            }
         })?;
         let (journal, replay) = Journal::open(&dir)?;
         let tracker = TaskTracker::new();
@@ -119,7 +123,7 @@ impl Gateway {
             cancel_keys: Arc::new(CancelKeys::new()),
             shutdown,
             tracker,
-            prometheus: m::install(),
+            prometheus,
             config: ArcSwap::from_pointee(config),
         };
         gw.restore(replay)?;

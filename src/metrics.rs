@@ -63,6 +63,14 @@ fn describe() {
         "jitgate_config_reloads_total",
         "Configuration reloads by result (ok | error)."
     );
+    describe_gauge!(
+        "jitgate_audit_healthy",
+        "1 while the audit log can be written; 0 while writes fail (new sessions and grants are refused)."
+    );
+    describe_counter!(
+        "jitgate_audit_write_errors_total",
+        "Audit records that could not be written (each refused the action it recorded, or was lost if the action happened anyway)."
+    );
 }
 
 /// Connection outcome label.
@@ -136,4 +144,14 @@ pub fn handshake(d: Duration) {
 pub fn config_reload(ok: bool) {
     counter!("jitgate_config_reloads_total", "result" => if ok { "ok" } else { "error" })
         .increment(1);
+}
+
+/// Whether the audit log can be written.
+pub fn audit_healthy(ok: bool) {
+    gauge!("jitgate_audit_healthy").set(if ok { 1.0 } else { 0.0 });
+}
+
+/// An audit record could not be written.
+pub fn audit_write_error() {
+    counter!("jitgate_audit_write_errors_total").increment(1);
 }

@@ -322,6 +322,7 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
     // calls see it.
     let new = Arc::new(new);
     gw.config.store(new.clone());
+    gw.audit.set_rotate_bytes(new.gateway.audit_rotate_bytes);
 
     // 3. Removed and moved resources stop listening; removed ones lose their
     // grants and sessions.

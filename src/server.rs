@@ -145,8 +145,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 
     {
-        // Request TTLs and `grant.expiring` notices: a once-a-second sweep
-        // (second precision is what both need).
+        // Request TTLs, `grant.expiring` notices and the audit log's
+        // recovery: a once-a-second sweep (second precision is what they need).
         let gw2 = gw.clone();
         gw.tracker.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -154,7 +154,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             loop {
                 tokio::select! {
                     _ = gw2.shutdown.cancelled() => return,
-                    _ = tick.tick() => gw2.sweep(std::time::SystemTime::now()),
+                    _ = tick.tick() => {
+                        gw2.sweep(std::time::SystemTime::now());
+                        // Recover from an audit outage with no traffic too.
+                        gw2.audit.retry();
+                    }
                 }
             }
         });

@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 
 use crate::api::ErrorBody;
+use crate::audit::Health;
 use crate::config::{Role, TokenHash};
 use crate::gateway::{Gateway, OpError};
 
@@ -138,8 +139,21 @@ pub fn router(gw: Arc<Gateway>, surface: Surface) -> Router {
         .with_state(gw)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, or `degraded: …` while the audit log cannot be written. Always
+/// 200: the process is alive and its live sessions must go on, so a
+/// liveness probe must not restart it; alert on `jitgate_audit_healthy`.
+async fn healthz(State(gw): State<Arc<Gateway>>) -> String {
+    match gw.audit.health() {
+        Health::Healthy => "ok\n".into(),
+        Health::Failing {
+            since,
+            error,
+            failed_writes,
+        } => format!(
+            "degraded: audit log unavailable since {} ({failed_writes} failed writes; {error}): new sessions and grants are refused\n",
+            crate::timefmt::rfc3339(since)
+        ),
+    }
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {

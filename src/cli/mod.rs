@@ -2,6 +2,7 @@
 //! talk to the admin API. Errors are one clear line on stderr and a
 //! non-zero exit code; tables for people, `--json` for scripts.
 
+mod audit;
 mod client;
 mod serve;
 mod table;
@@ -175,6 +176,29 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The audit log (offline: no gateway needed).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain across FILEs in order (rotated files oldest
+    /// first, then audit.jsonl; a directory stands for all of its audit
+    /// files). Prints `OK: N records` (exit 0) or the first broken line as
+    /// FILE:LINE (exit 1); exit 2 if a file cannot be read.
+    Verify {
+        /// Audit files, or state directories.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The hash the first record must follow, when the files do not
+        /// start at the beginning of the log (the last hash printed when
+        /// the earlier files were verified). Default: 64 zeros.
+        #[arg(long, value_name = "HASH")]
+        after: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +248,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, log_format } => return serve::run(&config, log_format),
         Command::CheckConfig { file } => return Ok(check_config(&file)),
+        Command::Audit {
+            command: AuditCommand::Verify { files, after },
+        } => return Ok(audit::verify(&files, after.as_deref())),
         Command::Token {
             command: TokenCommand::New { name },
         } => {

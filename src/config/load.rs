@@ -159,6 +159,12 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
             "gateway.relay_buffer_size must be between 1024 and 1048576".into(),
         );
     }
+    if g.audit_rotate_bytes != 0 && g.audit_rotate_bytes < 4096 {
+        errs.push(
+            0..0,
+            "gateway.audit_rotate_bytes must be 0 (never rotate) or at least 4096".into(),
+        );
+    }
 
     let mut names = HashSet::new();
     let mut listens = HashSet::new();

@@ -74,6 +74,11 @@ pub struct GatewayConfig {
     pub relay_buffer_size: usize,
     /// A pending access request not fully approved by then expires. Default `1h`.
     pub request_ttl: HumanDuration,
+    /// Rotate `audit.jsonl` before a record would take it past this many
+    /// bytes: it is renamed `audit-YYYYMMDDTHHMMSSmmmZ.jsonl` and the hash
+    /// chain continues in a new `audit.jsonl`. `0` = never. Default
+    /// `104857600` (100 MiB); at least 4096 unless 0.
+    pub audit_rotate_bytes: u64,
     /// On SIGTERM/SIGINT, live sessions are told and closed; the process
     /// exits after at most this long. Default `10s`.
     pub shutdown_timeout: HumanDuration,
@@ -98,6 +103,7 @@ impl Default for GatewayConfig {
             ],
             relay_buffer_size: 8192,
             request_ttl: HumanDuration(Duration::from_secs(3600)),
+            audit_rotate_bytes: 100 << 20,
             shutdown_timeout: HumanDuration(Duration::from_secs(10)),
             watch_interval: HumanDuration(Duration::from_secs(2)),
             admin_tls: None,
