@@ -265,10 +265,9 @@ impl Gateway {
         e.resource = Some(grant.resource.clone());
         e.actor = Some(by.to_string());
         e.reason = Some(reason.to_string());
-        self.audit.write(e)?;
-        self.journal
-            .append(&Record::GrantEnded { id })
-            .map_err(OpError::Journal)?;
+        // Removing access never waits on storage: an outage (a full disk,
+        // perhaps filled on purpose) must not keep anyone connected.
+        self.record_removal(e, id);
         let reason_text = reason.to_string();
         let reason = EndReason::Revoked {
             by: by.to_string(),
@@ -288,6 +287,19 @@ impl Gateway {
         let closed = wait_closed(&sessions, CLOSE_WAIT).await;
         tracing::info!(grant = %id, by, sessions = closed, "grant revoked");
         Ok(closed)
+    }
+
+    /// Record that access is being removed: audit and journal, logging
+    /// (not failing) when either cannot be written. A journal that misses
+    /// the record brings the grant back on restart, so that is logged as an
+    /// error for the operator to revoke it again.
+    pub(crate) fn record_removal(&self, e: Event, id: GrantId) {
+        if let Err(err) = self.audit.write(e) {
+            tracing::error!(grant = %id, error = %err, "access removed without its audit record (audit log unavailable)");
+        }
+        if let Err(err) = self.journal.append(&Record::GrantEnded { id }) {
+            tracing::error!(grant = %id, error = %err, "grant ended in memory but not in the journal: it returns after a restart unless revoked again");
+        }
     }
 
     /// Kill one session; answers once its sockets are closed.

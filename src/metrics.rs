@@ -51,6 +51,14 @@ fn describe() {
     );
     describe_gauge!("jitgate_grants_active", "Grants in the grant table.");
     describe_counter!("jitgate_requests_total", "Access requests by outcome.");
+    describe_gauge!(
+        "jitgate_requests_pending",
+        "Access requests waiting for approval."
+    );
+    describe_counter!(
+        "jitgate_notify_dropped_total",
+        "Webhook notifications dropped, by reason (queue_full | failed)."
+    );
     describe_histogram!(
         "jitgate_enforcement_lag_seconds",
         "Time from a deadline or a revoke/kill to both sockets being closed."
@@ -138,6 +146,22 @@ pub fn enforcement_lag(d: Duration) {
 /// Accept → handshake decided.
 pub fn handshake(d: Duration) {
     histogram!("jitgate_handshake_seconds").record(d.as_secs_f64());
+}
+
+/// An access request reached `outcome` (pending | auto_approved |
+/// approved | denied | expired).
+pub fn request(outcome: &'static str) {
+    counter!("jitgate_requests_total", "outcome" => outcome).increment(1);
+}
+
+/// Requests waiting for approval.
+pub fn requests_pending(n: usize) {
+    gauge!("jitgate_requests_pending").set(n as f64);
+}
+
+/// A webhook notification was dropped (queue_full | failed).
+pub fn notify_dropped(reason: &'static str) {
+    counter!("jitgate_notify_dropped_total", "reason" => reason).increment(1);
 }
 
 /// A config reload attempt.

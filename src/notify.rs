@@ -98,8 +98,7 @@ impl Notifier {
                 continue;
             }
             if s.tx.try_send(body.clone()).is_err() {
-                metrics::counter!("jitgate_notify_dropped_total", "reason" => "queue_full")
-                    .increment(1);
+                crate::metrics::notify_dropped("queue_full");
                 tracing::warn!(event, "webhook queue full: notification dropped");
             }
         }
@@ -162,7 +161,7 @@ async fn deliver(
             }
         }
         if !delivered {
-            metrics::counter!("jitgate_notify_dropped_total", "reason" => "failed").increment(1);
+            crate::metrics::notify_dropped("failed");
             tracing::warn!(
                 url = cfg.url.get_ref().as_str(),
                 attempts = cfg.attempts,

@@ -69,6 +69,11 @@ impl Running {
         {
             tracing::warn!("some connections did not close within the shutdown grace");
         }
+        // Journal records are fsynced as they are written; the audit log is
+        // flushed here so a clean stop loses nothing even on power loss.
+        if let Err(e) = self.gateway.audit.sync() {
+            tracing::error!(error = %e, "could not flush the audit log at shutdown");
+        }
     }
 
     /// Resolves when shutdown has been requested.

@@ -154,7 +154,7 @@ impl Gateway {
         } else {
             "pending"
         };
-        metrics::counter!("jitgate_requests_total", "outcome" => outcome).increment(1);
+        crate::metrics::request(outcome);
         self.update_pending_gauge();
         self.notifier.send(
             "request.created",
@@ -246,7 +246,7 @@ impl Gateway {
                 Ok::<(), OpError>(())
             })??;
         if r.state == RequestState::Approved {
-            metrics::counter!("jitgate_requests_total", "outcome" => "approved").increment(1);
+            crate::metrics::request("approved");
             self.update_pending_gauge();
         }
         self.notifier.send(
@@ -282,7 +282,7 @@ impl Gateway {
         let r = self.requests.deny(&id, by, reason, SystemTime::now())?;
         self.audit.write(e)?;
         self.journal_request(&r)?;
-        metrics::counter!("jitgate_requests_total", "outcome" => "denied").increment(1);
+        crate::metrics::request("denied");
         self.update_pending_gauge();
         self.notifier.send(
             "request.denied",
@@ -373,7 +373,7 @@ impl Gateway {
         } else {
             "pending"
         };
-        metrics::counter!("jitgate_requests_total", "outcome" => outcome).increment(1);
+        crate::metrics::request(outcome);
         self.update_pending_gauge();
         self.notifier.send(
             "request.created",
@@ -412,10 +412,7 @@ impl Gateway {
         e.principal = Some(grant.principal.clone());
         e.resource = Some(grant.resource.clone());
         e.actor = Some(principal.to_string());
-        self.audit.write(e)?;
-        self.journal
-            .append(&Record::GrantEnded { id: grant_id })
-            .map_err(OpError::Journal)?;
+        self.record_removal(e, grant_id);
         let reason = EndReason::Revoked {
             by: principal.to_string(),
             reason: "released by its holder".into(),
@@ -436,7 +433,7 @@ impl Gateway {
     }
 
     fn update_pending_gauge(&self) {
-        metrics::gauge!("jitgate_requests_pending").set(self.requests.pending() as f64);
+        crate::metrics::requests_pending(self.requests.pending());
     }
 
     /// Periodic housekeeping: expire pending requests past their TTL and
@@ -452,7 +449,7 @@ impl Gateway {
             let e = request_event("request.expired", r);
             let _ = self.audit.write(e);
             let _ = self.journal_request(r);
-            metrics::counter!("jitgate_requests_total", "outcome" => "expired").increment(1);
+            crate::metrics::request("expired");
             self.notifier.send(
                 "request.expired",
                 &format!(
