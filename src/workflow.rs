@@ -133,6 +133,29 @@ impl Gateway {
             deny_reason: None,
             grant_id: None,
         };
+        let (created, outcome) = self.submit(req)?;
+        self.notifier.send(
+            "request.created",
+            &format!(
+                "{} requests {} to {} for {}: {}{}",
+                created.principal,
+                if created.logins.is_empty() { String::new() } else { format!("login {}", created.logins.join(",")) },
+                created.resource,
+                HumanDuration(created.duration),
+                created.reason,
+                if outcome == "auto_approved" { " (auto-approved)" } else { "" }
+            ),
+            json!({"request_id": created.id, "principal": created.principal, "resource": created.resource, "state": outcome}),
+        );
+        Ok(Created {
+            request: created,
+            notes,
+        })
+    }
+
+    /// Record a new request (audit, journal) and, when the policy
+    /// auto-approves, act on it at once; returns it with its outcome label.
+    fn submit(&self, req: Request) -> Result<(Request, &'static str), OpError> {
         let created = self.requests.create(req, |r| {
             let mut e = request_event("request.created", r);
             e.reason = Some(r.reason.clone());
@@ -156,23 +179,7 @@ impl Gateway {
         };
         crate::metrics::request(outcome);
         self.update_pending_gauge();
-        self.notifier.send(
-            "request.created",
-            &format!(
-                "{} requests {} to {} for {}: {}{}",
-                created.principal,
-                if created.logins.is_empty() { String::new() } else { format!("login {}", created.logins.join(",")) },
-                created.resource,
-                HumanDuration(created.duration),
-                created.reason,
-                if outcome == "auto_approved" { " (auto-approved)" } else { "" }
-            ),
-            json!({"request_id": created.id, "principal": created.principal, "resource": created.resource, "state": outcome}),
-        );
-        Ok(Created {
-            request: created,
-            notes,
-        })
+        Ok((created, outcome))
     }
 
     /// Create (access) or extend (extension) the grant of an approved request.
@@ -352,29 +359,7 @@ impl Gateway {
             deny_reason: None,
             grant_id: None,
         };
-        let created = self.requests.create(req, |r| {
-            let mut e = request_event("request.created", r);
-            e.reason = Some(r.reason.clone());
-            e.outcome = Some(if r.needed == 0 {
-                "auto_approved"
-            } else {
-                "pending"
-            });
-            self.audit.write(e)?;
-            if r.needed == 0 {
-                r.state = RequestState::Approved;
-                self.grant_for(r)?;
-            }
-            self.journal_request(r)?;
-            Ok::<(), OpError>(())
-        })??;
-        let outcome = if created.state == RequestState::Approved {
-            "auto_approved"
-        } else {
-            "pending"
-        };
-        crate::metrics::request(outcome);
-        self.update_pending_gauge();
+        let (created, outcome) = self.submit(req)?;
         self.notifier.send(
             "request.created",
             &format!(
