@@ -35,6 +35,12 @@ pub enum EndReason {
     MaxSession(Duration),
     /// The gateway is shutting down.
     Shutdown,
+    /// The client asked to act as a login its grant does not admit (MySQL
+    /// COM_CHANGE_USER): the session is closed rather than switched.
+    LoginDenied {
+        /// The login asked for.
+        login: String,
+    },
     /// A protocol or I/O error on the gateway's side.
     Error,
 }
@@ -52,6 +58,7 @@ impl EndReason {
             EndReason::Idle(_) => "idle",
             EndReason::MaxSession(_) => "max_session",
             EndReason::Shutdown => "shutdown",
+            EndReason::LoginDenied { .. } => "denied",
             EndReason::Error => "error",
         }
     }
@@ -120,6 +127,11 @@ impl fmt::Display for ClientText<'_> {
                 HumanDuration(*d)
             ),
             EndReason::Shutdown => write!(f, "jitgate: gateway is shutting down"),
+            EndReason::LoginDenied { login } => write!(
+                f,
+                "{}; the session is closed",
+                crate::admission::no_grant_message(login, r)
+            ),
             EndReason::Client | EndReason::Backend | EndReason::Error => {
                 write!(f, "jitgate: session on {r} ended")
             }
@@ -156,5 +168,14 @@ mod tests {
             t(EndReason::MaxSession(Duration::from_secs(8 * 3600))),
             "jitgate: session on prod-pg reached its session cap of 8h"
         );
+        let denied = EndReason::LoginDenied {
+            login: "root".into(),
+        };
+        assert_eq!(
+            t(denied.clone()),
+            "jitgate: no active access grant for \"root\" on \"prod-pg\"; the session is closed"
+        );
+        assert_eq!(denied.label(), "denied");
+        assert!(denied.is_enforced());
     }
 }

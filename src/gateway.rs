@@ -50,6 +50,8 @@ pub struct Gateway {
     pub audit: AuditLog,
     /// PostgreSQL cancel keys.
     pub cancel_keys: Arc<CancelKeys>,
+    /// What jitgate has learned of each MySQL backend (version, capabilities).
+    pub mysql_profiles: Arc<crate::mysql::BackendProfiles>,
     /// Root of the cancellation tree: cancelled on shutdown.
     pub shutdown: CancellationToken,
     /// Tracks every connection task, so shutdown can wait for them.
@@ -68,6 +70,7 @@ impl Gateway {
             sessions: Arc::new(SessionRegistry::new()),
             audit,
             cancel_keys: Arc::new(CancelKeys::new()),
+            mysql_profiles: Arc::default(),
             shutdown,
             tracker: TaskTracker::new(),
             prometheus: m::install(),
