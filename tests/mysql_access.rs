@@ -131,7 +131,7 @@ async fn expiry_during_sleep_ends_the_query_and_closes_the_socket() {
     let mut direct = my_direct().await;
     let g = gw.grant("alice", ALICE.0, Duration::from_secs(3));
     let mut c = gw.my_connect(ALICE).await.unwrap();
-    let marker = "jg_expiry_marker";
+    let marker = unique_marker("jg_expiry");
     let begun = Instant::now();
     let query = tokio::spawn(async move {
         let r = c
@@ -180,7 +180,7 @@ async fn expiry_is_shown_by_the_mysql_cli() {
     let mut direct = my_direct().await;
     gw.grant("alice", ALICE.0, Duration::from_secs(3));
     // The CLI strips comments, so the marker is a string literal.
-    let marker = "jg_cli_expiry_marker";
+    let marker = unique_marker("jg_cli_expiry");
     let begun = Instant::now();
     let out = gw
         .cli(

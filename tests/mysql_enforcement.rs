@@ -36,11 +36,11 @@ async fn revoke_stops_a_cpu_bound_statement_and_closes_the_socket() {
     let g = gw.grant("alice", ALICE.0, Duration::from_secs(60));
     let mut c = gw.my_connect(ALICE).await.unwrap();
     // BENCHMARK never looks at its socket: only KILL stops it.
-    let marker = "jg_revoke_marker";
+    let marker = unique_marker("jg_revoke");
     let query = tokio::spawn(async move {
         let r = c
             .query_drop(format!(
-                "SELECT BENCHMARK(2000000000, MD5('x')) /* {marker} */"
+                "SELECT BENCHMARK(300000000, MD5('x')) /* {marker} */"
             ))
             .await;
         (r, c)
@@ -202,7 +202,7 @@ async fn max_session_caps_a_running_statement() {
     let mut direct = my_direct().await;
     gw.grant("alice", ALICE.0, Duration::from_secs(600));
     let mut c = gw.my_connect(ALICE).await.unwrap();
-    let marker = "jg_cap_marker";
+    let marker = unique_marker("jg_cap");
     let e = c
         .query_drop(format!("SELECT SLEEP(30) /* {marker} */"))
         .await
@@ -227,7 +227,7 @@ async fn shutdown_ends_live_sessions_with_a_reason() {
     let mut idle = gw.my_connect(ALICE).await.unwrap();
     idle.query_drop("SELECT 1").await.unwrap();
     let mut busy = gw.my_connect(ALICE).await.unwrap();
-    let marker = "jg_shutdown_marker";
+    let marker = unique_marker("jg_shutdown");
     let query = tokio::spawn(async move {
         let r = busy
             .query_drop(format!("SELECT SLEEP(30) /* {marker} */"))
@@ -334,7 +334,7 @@ async fn change_user_within_the_grant_is_let_through_and_audited() {
         .await;
     assert_eq!(changed["login"], "jg_alice_ro");
     // The session still ends with its grant, and its statement with it.
-    let marker = "jg_chuser_marker";
+    let marker = unique_marker("jg_chuser");
     let query = tokio::spawn(async move {
         c.query_drop(format!("SELECT SLEEP(30) /* {marker} */"))
             .await

@@ -18,9 +18,11 @@
 //! client's own login cannot be replayed (its answer is bound to one
 //! scramble), and the protocol has no out-of-band cancel like PostgreSQL's.
 //!
-//! Invariants: the whole exchange is bounded by the target's timeout (and
-//! the relay's finish budget); the password is read only to compute the
-//! auth answer and never logged; a thread that is already gone is success.
+//! Invariants: the whole exchange is bounded by the target's timeout; it runs
+//! as a tracked task, so the relay waits for it only up to its finish budget
+//! and a slow server gets the KILL all the same; the password is read only
+//! to compute the auth answer and never logged; a thread that is already
+//! gone is success.
 
 use std::time::Duration;
 
@@ -46,6 +48,9 @@ pub struct KillTarget {
     pub connection_id: u32,
     /// Upper bound for the whole exchange.
     pub timeout: Duration,
+    /// Tracks the kill when it outlives the relay's finish budget (a
+    /// loaded server), so shutdown still waits for it.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 /// Why a kill did not happen.

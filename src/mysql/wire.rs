@@ -230,7 +230,9 @@ impl Wire for MyWire {
     fn end_action(&mut self) -> Option<EndAction> {
         let t = self.kill.clone()?;
         let session = self.session.id;
-        Some(Box::pin(async move {
+        // Spawned, not just awaited: if the relay's finish budget runs out
+        // first (a loaded server), the KILL still happens.
+        let done = t.tracker.clone().spawn(async move {
             match kill_connection(&t).await {
                 Ok(()) => {
                     tracing::debug!(%session, thread = t.connection_id, "backend thread killed")
@@ -239,6 +241,9 @@ impl Wire for MyWire {
                     tracing::warn!(%session, thread = t.connection_id, error = %e, "could not kill the backend thread")
                 }
             }
+        });
+        Some(Box::pin(async move {
+            let _ = done.await;
         }))
     }
 }

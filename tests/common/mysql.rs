@@ -232,3 +232,10 @@ impl CountingBackend {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A statement marker unique to this run, so a statement left over by an
+/// earlier run can never be mistaken for this one's.
+/// (Leaked: a test makes a handful, and spawned queries can hold them.)
+pub fn unique_marker(name: &str) -> &'static str {
+    Box::leak(format!("{name}_{:08x}", rand::random::<u32>()).into_boxed_str())
+}
