@@ -5,7 +5,8 @@
 //! our own encoders. Invariant: these bytes are never edited by hand; each
 //! constant says how it was captured so it can be re-captured.
 //!
-//! Client: `mysql  Ver 15.1 Distrib 10.11.19-MariaDB` (libmariadb 3.3.20).
+//! Clients: `mysql  Ver 15.1 Distrib 10.11.19-MariaDB` (libmariadb 3.3.20)
+//! and mysql_async 0.37 (the `MYSQL_ASYNC_*` constants).
 //! Server: MariaDB 10.11.19 (Debian 12) on 127.0.0.1:3306, reached through a
 //! small Python relay that logged both directions; the SSLRequest came from
 //! a Python listener that replayed the greeting below with `CLIENT_SSL` set;
@@ -68,3 +69,38 @@ pub(crate) const CLI_QUIT: &[u8] = b"\
 /// MariaDB's AuthSwitchRequest (sequence id 2) to a HandshakeResponse41 naming an unknown auth plugin (`jitgate_passthrough`), the way jitgate logs in for a client: plugin mysql_native_password and the greeting's own scramble.
 pub(crate) const MARIADB_AUTH_SWITCH_PACKET: &[u8] = b"\
     ,\x00\x00\x02\xfemysql_native_password\x00p]aQP|Bs=tPu{*[l1J`&\x00";
+
+/// mysql_async 0.37 logging in as `jg_alice` (password `alice-pw`, database `test`) to MariaDB 10.11: HandshakeResponse41 with CLIENT_DEPRECATE_EOF and no connection attributes.
+pub(crate) const MYSQL_ASYNC_RESPONSE: &[u8] = b"\
+    Y\x00\x00\x01\x88\xa2\x0f\x01\x00\x00@\x00-\x00\x00\x00\x00\x00\x00\x00\
+    \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x14\x00\x00\x00jg_alice\
+    \x00\x14PG\xd9\xcaa\xcc*y\x02\x9b\xder\xbb\x0b\x16z\xa3L\x8d\xaatest\x00my\
+    sql_native_password\x00";
+
+/// mysql_async's COM_QUERY `SELECT 1`.
+pub(crate) const MYSQL_ASYNC_SELECT_1: &[u8] = b"\
+    \x09\x00\x00\x00\x03SELECT 1";
+
+/// MariaDB's answer to it with CLIENT_DEPRECATE_EOF: column count, 1 definition, 1 row, an OK packet with header 0xFE.
+pub(crate) const MARIADB_RESULT_SET_DEPRECATE_EOF: &[u8] = b"\
+    \x02\x00\x00\x01\x01\x01\x17\x00\x00\x02\x03def\x00\x00\x00\x011\x00\x0c?\
+    \x00\x01\x00\x00\x00\x03\x81\x00\x00\x00\x00\x02\x00\x00\x03\x011\x07\x00\
+    \x00\x04\xfe\x00\x00\x02\x00\x00\x00";
+
+/// mysql_async's COM_CHANGE_USER to `jg_alice_ro` (password `alice-ro-pw`, database `test`).
+pub(crate) const MYSQL_ASYNC_CHANGE_USER: &[u8] = b"\
+    @\x00\x00\x00\x11jg_alice_ro\x00\x14\x9b\xb0\xfaE6FlS\x9b\x05\xfd\xf7\xd4\
+    \xc5Ky\x0f\xbb\xb3\xeatest\x00-\x00mysql_native_password\x00\x00";
+
+/// MariaDB's AuthSwitchRequest answering it (sequence id 1, the connection's scramble).
+pub(crate) const MARIADB_CHANGE_USER_SWITCH: &[u8] = b"\
+    ,\x00\x00\x01\xfemysql_native_password\x00>j!_<NU>sNhCUco'p~L=\x00";
+
+/// mysql_async's answer to that switch (sequence id 2).
+pub(crate) const MYSQL_ASYNC_CHANGE_USER_ANSWER: &[u8] = b"\
+    \x14\x00\x00\x02\x9b\xb0\xfaE6FlS\x9b\x05\xfd\xf7\xd4\xc5Ky\x0f\xbb\xb3\
+    \xea";
+
+/// MariaDB's OK ending the change of user (sequence id 3).
+pub(crate) const MARIADB_CHANGE_USER_OK: &[u8] = b"\
+    \x07\x00\x00\x03\x00\x00\x00\x02\x00\x00\x00";

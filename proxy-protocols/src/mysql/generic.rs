@@ -194,6 +194,7 @@ mod tests {
     use super::*;
     use crate::mysql::fixtures::{
         MARIADB_ACCESS_DENIED_PACKET, MARIADB_AUTH_SWITCH_PACKET, MARIADB_OK_AFTER_AUTH_PACKET,
+        MYSQL_ASYNC_CHANGE_USER,
     };
 
     #[test]
@@ -252,6 +253,25 @@ mod tests {
             Some(0x0002)
         );
         assert_eq!(end_of_rows_status(b"\xfe\x00"), None);
+    }
+
+    #[test]
+    fn mysql_async_change_user() {
+        let payload = &MYSQL_ASYNC_CHANGE_USER[4..];
+        assert_eq!(MYSQL_ASYNC_CHANGE_USER[3], 0, "a command: sequence id 0");
+        assert_eq!(
+            change_user_login(payload, true),
+            ChangeUserLogin::User(b"jg_alice_ro")
+        );
+        // Already known from the first 13 bytes.
+        assert_eq!(
+            change_user_login(&payload[..13], false),
+            ChangeUserLogin::User(b"jg_alice_ro")
+        );
+        assert_eq!(
+            change_user_login(&payload[..12], false),
+            ChangeUserLogin::NeedMore
+        );
     }
 
     #[test]

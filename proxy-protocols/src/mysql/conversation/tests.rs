@@ -5,8 +5,10 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::mysql::fixtures::{
-    CLI_QUERY_SELECT_1, CLI_QUIT, MARIADB_AUTH_SWITCH_PACKET, MARIADB_OK_AFTER_AUTH_PACKET,
-    MARIADB_RESULT_SET,
+    CLI_QUERY_SELECT_1, CLI_QUIT, MARIADB_AUTH_SWITCH_PACKET, MARIADB_CHANGE_USER_OK,
+    MARIADB_CHANGE_USER_SWITCH, MARIADB_OK_AFTER_AUTH_PACKET, MARIADB_RESULT_SET,
+    MARIADB_RESULT_SET_DEPRECATE_EOF, MYSQL_ASYNC_CHANGE_USER, MYSQL_ASYNC_CHANGE_USER_ANSWER,
+    MYSQL_ASYNC_SELECT_1,
 };
 use crate::mysql::PacketFramer;
 
@@ -186,6 +188,24 @@ fn real_cli_commands() {
     assert_eq!(c.turn(), Turn::Server { next_seq: 1 });
     c.server_payload(&head(1, b"\x00\x00\x00\x02\x00\x00\x00"));
     client_stream(&mut c, CLI_QUIT);
+    assert!(c.idle());
+}
+
+#[test]
+fn real_mysql_async_query_and_change_of_user() {
+    let mut c = Conversation::in_auth(true, 2);
+    c.server_payload(&head(2, b"\x00\x00\x00\x02\x00\x00\x00"));
+    client_stream(&mut c, MYSQL_ASYNC_SELECT_1);
+    assert_eq!(
+        server_stream(&mut c, MARIADB_RESULT_SET_DEPRECATE_EOF),
+        [2, 3, 4, 1]
+    );
+    client_stream(&mut c, MYSQL_ASYNC_CHANGE_USER);
+    assert_eq!(c.farewell_seq(), 1);
+    assert_eq!(server_stream(&mut c, MARIADB_CHANGE_USER_SWITCH), [3]);
+    client_stream(&mut c, MYSQL_ASYNC_CHANGE_USER_ANSWER);
+    assert_eq!(c.farewell_seq(), 3);
+    assert_eq!(server_stream(&mut c, MARIADB_CHANGE_USER_OK), [1]);
     assert!(c.idle());
 }
 

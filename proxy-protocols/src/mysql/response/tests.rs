@@ -12,7 +12,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::mysql::decode_packet;
-use crate::mysql::fixtures::{CLI_RESPONSE_ALICE_DB, CLI_RESPONSE_ROOT, CLI_SSL_REQUEST};
+use crate::mysql::fixtures::{
+    CLI_RESPONSE_ALICE_DB, CLI_RESPONSE_ROOT, CLI_SSL_REQUEST, MYSQL_ASYNC_RESPONSE,
+};
 
 fn payload(packet: &[u8]) -> Vec<u8> {
     let mut buf = BytesMut::from(packet);
@@ -80,8 +82,27 @@ fn mysql_cli_with_password_and_database_matches_mysql_common() {
 }
 
 #[test]
+fn mysql_async_response() {
+    let p = payload(MYSQL_ASYNC_RESPONSE);
+    let r = response(&p);
+    assert_eq!(r.user_str(), Some("jg_alice"));
+    assert_eq!(r.auth_response.len(), 20);
+    assert_eq!(r.database.as_deref(), Some(&b"test"[..]));
+    assert_eq!(r.connect_attrs, None);
+    assert_ne!(r.capabilities & caps::CLIENT_DEPRECATE_EOF, 0);
+    // It talks to MariaDB as MariaDB: CLIENT_LONG_PASSWORD clear, extended
+    // capabilities in the filler.
+    assert_eq!(r.capabilities & caps::CLIENT_LONG_PASSWORD, 0);
+    assert_eq!(r.mariadb_ext, 0x14);
+}
+
+#[test]
 fn re_encoding_real_responses_gives_the_same_bytes() {
-    for fixture in [CLI_RESPONSE_ROOT, CLI_RESPONSE_ALICE_DB] {
+    for fixture in [
+        CLI_RESPONSE_ROOT,
+        CLI_RESPONSE_ALICE_DB,
+        MYSQL_ASYNC_RESPONSE,
+    ] {
         let p = payload(fixture);
         let mut out = Vec::new();
         encode_handshake_response(&response(&p), &mut out);
