@@ -245,3 +245,23 @@ async fn a_20_mb_result_passes_byte_exact_across_the_16_mib_packet_limit() {
         .unwrap();
     assert_eq!(n, 17_000_000);
 }
+
+#[tokio::test]
+async fn load_data_local_infile_is_not_negotiated_and_the_session_goes_on() {
+    setup().await;
+    let gw = start(Opts::mysql("my-infile")).await;
+    gw.grant("alice", ALICE.0, Duration::from_secs(60));
+    let mut c = gw.my_connect(ALICE).await.unwrap();
+    c.query_drop("CREATE TABLE IF NOT EXISTS jg_infile (v TEXT)")
+        .await
+        .unwrap();
+    let e = c
+        .query_drop("LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE jg_infile")
+        .await
+        .expect_err("LOCAL INFILE is refused");
+    let (code, _, message) = server_error(&e);
+    // ER_LOAD_INFILE_CAPABILITY_DISABLED (MariaDB 10.5+), ER_NOT_ALLOWED_COMMAND before.
+    assert!([4166, 1148].contains(&code), "{code} {message}");
+    let one: i64 = c.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+}

@@ -230,6 +230,22 @@ async fn mysql_async_insisting_on_tls_fails_at_once_not_hangs() {
         .expect_err("TLS is not offered");
     assert!(begun.elapsed() < Duration::from_secs(2));
     assert!(matches!(e, mysql_async::Error::Driver(_)), "{e:?}");
+    // The mysql CLI told to verify the server's certificate.
+    let out = tokio::process::Command::new("mysql")
+        .args(["--protocol=TCP", "-h", "127.0.0.1", "-P"])
+        .arg(gw.addr().port().to_string())
+        .args(["-u", ALICE.0, &format!("-p{}", ALICE.1)])
+        .args(["--ssl-verify-server-cert", "-e", "SELECT 1"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(5), out)
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ERROR 2026"), "{stderr}");
+    nothing_admitted(&gw);
     still_works(&gw).await;
 }
 

@@ -365,6 +365,5 @@ fn audit_change_user_denied(gw: &Gateway, s: &crate::sessions::Session, login: &
         s.login
     ));
     let _ = gw.audit.write(e);
-    m::connection(&s.resource, "mysql", Outcome::Denied);
     tracing::info!(session = %s.id, login, "change of user refused: no grant");
 }
