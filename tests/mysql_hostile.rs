@@ -348,3 +348,106 @@ async fn a_flood_of_unauthenticated_connections_never_reaches_the_backend() {
     );
     nothing_admitted(&gw);
 }
+
+#[tokio::test]
+async fn a_refusal_is_one_err_1045_with_sequence_id_2() {
+    let gw = gateway("my-h-deny").await;
+    let out = exchange(
+        gw.addr(),
+        &response_packet(b"jg_bob", 1),
+        Duration::from_secs(2),
+    )
+    .await;
+    let (seq, code, state, text) = one_err(&out);
+    assert_eq!((seq, code, state.as_deref()), (2, 1045, Some("28000")));
+    assert_eq!(
+        text,
+        "jitgate: no active access grant for \"jg_bob\" on \"my-h-deny\""
+    );
+    still_works(&gw).await;
+}
+
+/// Log in as alice with raw packets up to the backend's AuthSwitchRequest;
+/// returns the socket and the auth answer packet (sequence id 3) to send.
+async fn raw_login_until_switch(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let (mut s, _) = connect(addr).await;
+    s.write_all(&response_packet(ALICE.0.as_bytes(), 1))
+        .await
+        .unwrap();
+    let (seq, switch) = read_packet(&mut s).await;
+    assert_eq!(seq, 2, "the backend's AuthSwitchRequest, relayed as is");
+    let (plugin, scramble) = my::parse_auth_switch(&switch).expect("an auth switch");
+    assert_eq!(plugin, b"mysql_native_password");
+    let answer = my::scramble_native(scramble, ALICE.1.as_bytes()).unwrap();
+    let mut out = BytesMut::new();
+    my::encode_packet(3, &answer, &mut out);
+    (s, out.to_vec())
+}
+
+/// A COM_CHANGE_USER packet (sequence id 0) for `user`.
+fn change_user_packet(user: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x11];
+    payload.extend_from_slice(user);
+    payload.extend_from_slice(b"\0\0test\0");
+    let mut out = BytesMut::new();
+    my::encode_packet(0, &payload, &mut out);
+    out.to_vec()
+}
+
+#[tokio::test]
+async fn a_change_of_user_pipelined_before_the_login_ends_is_still_checked() {
+    let gw = gateway("my-h-pipe-chuser").await;
+    let (mut s, answer) = raw_login_until_switch(gw.addr()).await;
+    // The auth answer and, in the same write, a COM_CHANGE_USER to bob.
+    s.write_all(&[answer, change_user_packet(BOB.0.as_bytes())].concat())
+        .await
+        .unwrap();
+    let out = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    // Maybe the login's OK (sequence id 4), then exactly jitgate's refusal.
+    let mut buf = BytesMut::from(&out[..]);
+    let mut packets = Vec::new();
+    while let Some(p) = my::decode_packet(&mut buf, 1 << 16).unwrap() {
+        packets.push(p);
+    }
+    assert!(buf.is_empty(), "{out:?}");
+    let last = packets.pop().expect("a refusal");
+    let e = my::parse_err(&last.payload).expect("an ERR");
+    assert_eq!(e.code, 1045);
+    assert!(
+        String::from_utf8_lossy(&e.message)
+            .starts_with("jitgate: no active access grant for \"jg_bob\""),
+        "{e:?}"
+    );
+    for p in packets {
+        assert_eq!(
+            (p.seq, p.payload.first()),
+            (4, Some(&0u8)),
+            "only the login's OK"
+        );
+    }
+    gw.wait_audit("session.denied", |e| e["login"] == "jg_bob")
+        .await;
+    let ended = gw.wait_audit("session.ended", |_| true).await;
+    assert_eq!(ended["outcome"], "denied");
+    still_works(&gw).await;
+}
+
+#[tokio::test]
+async fn com_multi_which_could_hide_a_change_of_user_ends_the_session() {
+    let gw = gateway("my-h-multi").await;
+    let (mut s, answer) = raw_login_until_switch(gw.addr()).await;
+    s.write_all(&answer).await.unwrap();
+    let (seq, ok) = read_packet(&mut s).await;
+    assert_eq!((seq, ok.first()), (4, Some(&0u8)));
+    // COM_MULTI wrapping a COM_CHANGE_USER to bob.
+    let inner = change_user_packet(BOB.0.as_bytes());
+    let mut payload = vec![0xFE];
+    payload.extend_from_slice(&inner);
+    let mut out = BytesMut::new();
+    my::encode_packet(0, &payload, &mut out);
+    s.write_all(&out).await.unwrap();
+    read_until_closed(&mut s, Duration::from_secs(3)).await;
+    let ended = gw.wait_audit("session.ended", |_| true).await;
+    assert_eq!(ended["outcome"], "error");
+    still_works(&gw).await;
+}
