@@ -451,3 +451,26 @@ async fn com_multi_which_could_hide_a_change_of_user_ends_the_session() {
     assert_eq!(ended["outcome"], "error");
     still_works(&gw).await;
 }
+
+#[tokio::test]
+async fn a_client_that_vanishes_mid_statement_leaves_nothing_running() {
+    let gw = gateway("my-h-vanish").await;
+    let mut direct = my_direct().await;
+    let (mut s, answer) = raw_login_until_switch(gw.addr()).await;
+    s.write_all(&answer).await.unwrap();
+    let (seq, ok) = read_packet(&mut s).await;
+    assert_eq!((seq, ok.first()), (4, Some(&0u8)));
+    let marker = unique_marker("jg_vanish");
+    let mut q = Vec::new();
+    my::encode_query(&format!("SELECT SLEEP(30) /* {marker} */"), &mut q);
+    let mut out = BytesMut::new();
+    my::encode_packet(0, &q, &mut out);
+    s.write_all(&out).await.unwrap();
+    my_wait_running(&mut direct, marker, 1, Duration::from_secs(5)).await;
+    // The client goes away without a word while the statement runs: the
+    // server alone would run it to its end, past the session.
+    drop(s);
+    my_wait_running(&mut direct, marker, 0, Duration::from_secs(2)).await;
+    let ended = gw.wait_audit("session.ended", |_| true).await;
+    assert_eq!(ended["outcome"], "client");
+}

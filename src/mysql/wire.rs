@@ -21,7 +21,9 @@
 //!   expects ([`Conversation`]), error 1927 / SQLSTATE 70100 (1045 / 28000
 //!   for a refused login) and the reason in the text.
 //! - On an enforced end, `KILL CONNECTION` on a side connection stops what
-//!   the backend thread was running ([`super::kill`]).
+//!   the backend thread was running ([`super::kill`]); on any other end
+//!   (the client went away, a protocol error) too, when a command was still
+//!   being answered, so no statement outlives its session.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -56,6 +58,8 @@ pub struct MyWire {
     /// The command in progress was already judged (from its head).
     up_judged: bool,
     kill: Option<KillTarget>,
+    /// The end action ran (the backend thread is being killed already).
+    kill_started: bool,
     on_login_changed: LoginChanged,
 }
 
@@ -76,6 +80,7 @@ impl MyWire {
             conv: Conversation::in_auth(deprecate_eof, 2),
             up_judged: false,
             kill,
+            kill_started: false,
             on_login_changed,
         }
     }
@@ -228,11 +233,25 @@ impl Wire for MyWire {
     }
 
     fn end_action(&mut self) -> Option<EndAction> {
+        let done = self.spawn_kill()?;
+        Some(Box::pin(async move {
+            let _ = done.await;
+        }))
+    }
+}
+
+impl MyWire {
+    /// Start `KILL CONNECTION` for the session's backend thread, once.
+    /// Spawned, not just awaited: if the relay's finish budget runs out
+    /// first (a loaded server), the KILL still happens.
+    fn spawn_kill(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        if self.kill_started {
+            return None;
+        }
         let t = self.kill.clone()?;
+        self.kill_started = true;
         let session = self.session.id;
-        // Spawned, not just awaited: if the relay's finish budget runs out
-        // first (a loaded server), the KILL still happens.
-        let done = t.tracker.clone().spawn(async move {
+        Some(t.tracker.clone().spawn(async move {
             match kill_connection(&t).await {
                 Ok(()) => {
                     tracing::debug!(%session, thread = t.connection_id, "backend thread killed")
@@ -241,9 +260,18 @@ impl Wire for MyWire {
                     tracing::warn!(%session, thread = t.connection_id, error = %e, "could not kill the backend thread")
                 }
             }
-        });
-        Some(Box::pin(async move {
-            let _ = done.await;
         }))
+    }
+}
+
+impl Drop for MyWire {
+    /// A session that ends while the backend is still answering a command
+    /// (the client went away mid-statement, or jitgate dropped it for a
+    /// protocol error) gets its statement killed too: the server would run
+    /// it to its end, past the session and even past the grant.
+    fn drop(&mut self) {
+        if !self.conv.idle() && tokio::runtime::Handle::try_current().is_ok() {
+            drop(self.spawn_kill());
+        }
     }
 }
