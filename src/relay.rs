@@ -109,7 +109,10 @@ pub trait Wire: Send {
     }
 
     /// The message that tells the client why access ended, if the protocol
-    /// has one.
+    /// has one. The relay asks once to learn whether there is one, then
+    /// again once the client stream is at a boundary, and writes the second
+    /// answer: it may depend on what the client has received (MySQL
+    /// sequence ids), so it must not change the wire's state.
     fn farewell(&mut self, _session: &Session, _reason: &EndReason) -> Option<Vec<u8>> {
         None
     }
