@@ -38,6 +38,12 @@ pub enum EndReason {
     /// A configuration reload removed what the access depended on (the
     /// resource, the user, the policy).
     Config(String),
+    /// The client asked to act as a login its grant does not admit (MySQL
+    /// COM_CHANGE_USER): the session is closed rather than switched.
+    LoginDenied {
+        /// The login asked for.
+        login: String,
+    },
     /// A protocol or I/O error on the gateway's side.
     Error,
 }
@@ -56,6 +62,7 @@ impl EndReason {
             EndReason::MaxSession(_) => "max_session",
             EndReason::Shutdown => "shutdown",
             EndReason::Config(_) => "config",
+            EndReason::LoginDenied { .. } => "denied",
             EndReason::Error => "error",
         }
     }
@@ -131,6 +138,11 @@ impl fmt::Display for ClientText<'_> {
                     "jitgate: access to {r} ended by a configuration change: {why}"
                 )
             }
+            EndReason::LoginDenied { login } => write!(
+                f,
+                "{}; the session is closed",
+                crate::admission::no_grant_message(login, r)
+            ),
             EndReason::Client | EndReason::Backend | EndReason::Error => {
                 write!(f, "jitgate: session on {r} ended")
             }
@@ -167,5 +179,14 @@ mod tests {
             t(EndReason::MaxSession(Duration::from_secs(8 * 3600))),
             "jitgate: session on prod-pg reached its session cap of 8h"
         );
+        let denied = EndReason::LoginDenied {
+            login: "root".into(),
+        };
+        assert_eq!(
+            t(denied.clone()),
+            "jitgate: no active access grant for \"root\" on \"prod-pg\"; the session is closed"
+        );
+        assert_eq!(denied.label(), "denied");
+        assert!(denied.is_enforced());
     }
 }

@@ -84,6 +84,8 @@ pub struct Gateway {
     pub listeners: crate::reload::Listeners,
     /// PostgreSQL cancel keys.
     pub cancel_keys: Arc<CancelKeys>,
+    /// What jitgate has learned of each MySQL backend (version, capabilities).
+    pub mysql_profiles: Arc<crate::mysql::BackendProfiles>,
     /// Root of the cancellation tree: cancelled on shutdown.
     pub shutdown: CancellationToken,
     /// Tracks every connection task, so shutdown can wait for them.
@@ -121,6 +123,7 @@ impl Gateway {
             journal,
             listeners: Default::default(),
             cancel_keys: Arc::new(CancelKeys::new()),
+            mysql_profiles: Arc::default(),
             shutdown,
             tracker,
             prometheus,

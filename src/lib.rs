@@ -1,6 +1,6 @@
 //! jitgate: a just-in-time access gateway.
 //!
-//! A tokio proxy between clients and PostgreSQL (MySQL/MariaDB and SSH/TCP
+//! A tokio proxy between clients and PostgreSQL or MySQL/MariaDB (SSH/TCP
 //! to come). Access is granted only for a limited time; every connection is
 //! checked against the in-memory grant table, and when a grant ends the live
 //! sockets are closed at once with the reason shown in the client's own
@@ -9,8 +9,8 @@
 //! - [`server`]: bind listeners, accept loops, shutdown;
 //! - [`admission`]: where every connection is let in or refused;
 //! - [`relay`]: bytes both ways and where a session is killed, for every
-//!   protocol; [`postgres`]: one PostgreSQL connection from startup to close
-//!   and its [`relay::Wire`];
+//!   protocol; [`postgres`] and [`mysql`]: one connection from its first
+//!   byte to close, and each protocol's [`relay::Wire`];
 //! - [`grants`] and [`sessions`]: the grant table and the live-session
 //!   registry with its kill switches; [`enforce`]: each session's clock;
 //! - [`gateway`]: the access operations (grant, revoke, kill) and their audit;
@@ -45,6 +45,7 @@ pub mod grants;
 pub mod httpc;
 pub mod journal;
 pub mod metrics;
+pub mod mysql;
 pub mod notify;
 pub mod policy;
 pub mod postgres;

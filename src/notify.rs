@@ -123,7 +123,7 @@ async fn deliver(
         if let Some(secret) = &cfg.secret {
             headers.push((
                 "x-jitgate-signature",
-                format!("sha256={}", signature(secret.expose(), &body)),
+                format!("sha256={}", signature(secret.expose().as_bytes(), &body)),
             ));
         }
         let mut delivered = false;

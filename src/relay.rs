@@ -109,7 +109,10 @@ pub trait Wire: Send {
     }
 
     /// The message that tells the client why access ended, if the protocol
-    /// has one.
+    /// has one. The relay asks once to learn whether there is one, then
+    /// again once the client stream is at a boundary, and writes the second
+    /// answer: it may depend on what the client has received (MySQL
+    /// sequence ids), so it must not change the wire's state.
     fn farewell(&mut self, _session: &Session, _reason: &EndReason) -> Option<Vec<u8>> {
         None
     }
@@ -507,11 +510,15 @@ pub async fn run<W: Wire>(
     };
 
     if reason.is_enforced() {
-        let farewell = wire.farewell(&session, &reason);
+        let has_farewell = wire.farewell(&session, &reason).is_some();
         let action = wire.end_action();
         let finish_client = async {
-            if let Some(msg) = farewell {
-                if drain_to_boundary(&mut client, &mut backend, &mut st.down, &mut wire).await {
+            if has_farewell
+                && drain_to_boundary(&mut client, &mut backend, &mut st.down, &mut wire).await
+            {
+                // Built after the drain: its bytes may depend on what the
+                // client has received by now (MySQL sequence ids).
+                if let Some(msg) = wire.farewell(&session, &reason) {
                     let _ = client.write_all(&msg).await;
                     let _ = client.flush().await;
                 }
@@ -536,8 +543,9 @@ pub async fn run<W: Wire>(
 }
 
 /// Bring the client stream to a message boundary: write what is pending up
-/// to the next boundary, reading more from the backend if the current
-/// message is not complete yet. False if that is not possible.
+/// to the *last* boundary of the chunk read (so the client has received
+/// every message the wire has seen complete), reading more from the backend
+/// if the chunk ends inside a message. False if that is not possible.
 async fn drain_to_boundary<W: Wire>(
     client: &mut Conn,
     backend: &mut Conn,
@@ -545,33 +553,42 @@ async fn drain_to_boundary<W: Wire>(
     wire: &mut W,
 ) -> bool {
     loop {
-        if down.at_boundary() {
-            return true;
-        }
-        if down.pending() {
-            let end = down.next_boundary().unwrap_or(down.len);
-            let Some(slice) = down.buf.get(down.pos..end) else {
-                return false;
-            };
-            match client.write(slice).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => down.pos += n,
-            }
-            continue;
-        }
-        if wire.in_handshake() {
-            // Whole messages only in this phase: always at a boundary.
-            return true;
-        }
-        match backend.read(&mut down.buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => match wire.feed_down(down.buf.get(..n).unwrap_or_default()) {
-                Ok(b) => {
-                    let tail = wire.down_at_boundary();
-                    down.loaded(n, b, tail);
+        let target = if down.tail_boundary {
+            Some(down.len)
+        } else {
+            down.b.last.filter(|&l| l >= down.pos)
+        };
+        let end = match target {
+            Some(t) if t > down.pos => t,
+            Some(_) => return true,
+            // Nothing complete ahead and already at a boundary (the chunk
+            // starts a message that has not ended yet).
+            None if down.at_boundary() => return true,
+            None if down.pending() => down.len,
+            None => {
+                if wire.in_handshake() {
+                    // Whole messages only in this phase: always at a boundary.
+                    return true;
                 }
-                Err(_) => return false,
-            },
+                match backend.read(&mut down.buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => match wire.feed_down(down.buf.get(..n).unwrap_or_default()) {
+                        Ok(b) => {
+                            let tail = wire.down_at_boundary();
+                            down.loaded(n, b, tail);
+                        }
+                        Err(_) => return false,
+                    },
+                }
+                continue;
+            }
+        };
+        let Some(slice) = down.buf.get(down.pos..end) else {
+            return false;
+        };
+        match client.write(slice).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => down.pos += n,
         }
     }
 }

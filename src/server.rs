@@ -216,7 +216,8 @@ async fn dispatch(
 ) {
     match resource.protocol() {
         Protocol::Postgres => crate::postgres::handle(gw, resource, stream, peer).await,
+        Protocol::Mysql => crate::mysql::handle(gw, resource, stream, peer).await,
         // Rejected by config validation; close if one slips through.
-        Protocol::Mysql | Protocol::Ssh | Protocol::Tcp => drop(stream),
+        Protocol::Ssh | Protocol::Tcp => drop(stream),
     }
 }

@@ -27,4 +27,5 @@
 )]
 #![warn(missing_docs)]
 
+pub mod mysql;
 pub mod postgres;

@@ -185,13 +185,29 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
             );
         }
         if !r.protocol().is_supported() {
+            let supported: Vec<&str> = Protocol::ALL
+                .iter()
+                .filter(|p| p.is_supported())
+                .map(|p| p.as_str())
+                .collect();
             errs.push(
                 r.protocol.span(),
                 format!(
-                    "protocol {:?} is not supported by this build yet (supported: postgres)",
-                    r.protocol().as_str()
+                    "protocol {:?} is not supported by this build yet (supported: {})",
+                    r.protocol().as_str(),
+                    supported.join(", ")
                 ),
             );
+        }
+        if let Some(k) = &r.kill_account {
+            if r.protocol() != Protocol::Mysql {
+                errs.push(
+                    k.span(),
+                    "kill_account applies to protocol \"mysql\" only".into(),
+                );
+            } else if k.get_ref().user.is_empty() || k.get_ref().user.contains('\0') {
+                errs.push(k.span(), "kill_account.user must be non-empty text".into());
+            }
         }
         let listen = r.listen();
         if listen.port() != 0 && !listens.insert(listen) {
@@ -496,9 +512,12 @@ backend = "127.0.0.1:5432"
 
 [[resource]]
 name = "pg"
-protocol = "mysql"
+protocol = "postgres"
 listen = "127.0.0.1:7000"
 backend = "nowhere"
+
+[resource.kill_account]
+user = "k"
 "#;
         let e = parse_str(src, "f.toml").unwrap_err();
         let text = e.to_string();
@@ -507,7 +526,7 @@ backend = "nowhere"
             "{text}"
         );
         assert!(
-            text.contains("f.toml:10:12: protocol \"mysql\" is not supported"),
+            text.contains("f.toml:14:1: kill_account applies to protocol \"mysql\" only"),
             "{text}"
         );
         assert!(
@@ -518,6 +537,47 @@ backend = "nowhere"
             text.contains("f.toml:12:11: backend \"nowhere\" must be host:port"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn unsupported_protocols_are_named_with_the_supported_ones() {
+        let Some(p) = Protocol::ALL.iter().find(|p| !p.is_supported()) else {
+            return; // every protocol is supported: nothing to refuse
+        };
+        let src = format!(
+            "[[resource]]\nname = \"x\"\nprotocol = \"{}\"\nlisten = \"127.0.0.1:7001\"\nbackend = \"h:1\"\n",
+            p.as_str()
+        );
+        let text = parse_str(&src, "f.toml").unwrap_err().to_string();
+        assert!(text.contains("f.toml:3:12: protocol"), "{text}");
+        assert!(text.contains("(supported: postgres, mysql"), "{text}");
+    }
+
+    #[test]
+    fn a_mysql_kill_account_is_accepted_and_its_password_redacted() {
+        let src = "[[resource]]\nname = \"m\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:7002\"\nbackend = \"h:3306\"\n[resource.kill_account]\nuser = \"jitgate_kill\"\npassword = \"s3cret\"\n";
+        let c = parse_str(src, "f.toml").unwrap();
+        let k = c.resources[0].kill_account().unwrap();
+        assert_eq!(
+            (k.user.as_str(), k.password.expose()),
+            ("jitgate_kill", "s3cret")
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = parse_str(
+            include_str!("../../config.example.toml"),
+            "config.example.toml",
+        )
+        .unwrap();
+        let maria = c.resource("prod-maria").unwrap();
+        assert_eq!(maria.protocol(), Protocol::Mysql);
+        assert_eq!(maria.backend(), "127.0.0.1:3306");
+        assert!(maria.kill_account().is_some());
+        let alice = c.user("alice").unwrap();
+        assert!(alice.logins.iter().any(|l| l == "root"));
     }
 
     #[test]

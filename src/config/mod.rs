@@ -139,8 +139,16 @@ impl Protocol {
 
     /// Whether this build can serve the protocol.
     pub fn is_supported(self) -> bool {
-        matches!(self, Protocol::Postgres)
+        matches!(self, Protocol::Postgres | Protocol::Mysql)
     }
+
+    /// Every protocol, in config order.
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Postgres,
+        Protocol::Mysql,
+        Protocol::Ssh,
+        Protocol::Tcp,
+    ];
 }
 
 /// `[[resource]]`: one guarded backend and the address clients use for it.
@@ -172,6 +180,14 @@ pub struct ResourceConfig {
     /// `[resource.backend_tls]`: TLS towards the backend. Default: `disable`.
     #[serde(default)]
     pub backend_tls: Option<BackendTlsConfig>,
+    /// `[resource.kill_account]`, MySQL/MariaDB only: the backend account
+    /// jitgate logs in with, on a side connection, to run `KILL CONNECTION`
+    /// on a session's backend thread when jitgate ends the session, so the
+    /// statement it was running stops at once. Default: none (the backend
+    /// socket is still closed, but a running statement may go on until the
+    /// server notices).
+    #[serde(default)]
+    pub kill_account: Option<Spanned<KillAccount>>,
 }
 
 /// `[resource.tls]` / `[gateway.admin_tls]`: a certificate jitgate presents.
@@ -240,6 +256,20 @@ pub enum BackendTlsMode {
     VerifyFull,
 }
 
+/// `[resource.kill_account]`: a backend login for `KILL CONNECTION`. It needs
+/// the right to kill other users' threads (MariaDB ≥ 10.5: `CONNECTION
+/// ADMIN`; older MariaDB and MySQL 5.7: `SUPER`; MySQL 8: `CONNECTION_ADMIN`)
+/// and `mysql_native_password` (or a cached `caching_sha2_password`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillAccount {
+    /// The backend login. Required.
+    pub user: String,
+    /// Its password (redacted in logs and `Debug`). Default: empty.
+    #[serde(default)]
+    pub password: Secret,
+}
+
 fn default_idle_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(15 * 60))
 }
@@ -272,6 +302,10 @@ impl ResourceConfig {
     /// Session cap.
     pub fn max_session(&self) -> Duration {
         self.max_session.get_ref().0
+    }
+    /// The MySQL kill account, if configured.
+    pub fn kill_account(&self) -> Option<&KillAccount> {
+        self.kill_account.as_ref().map(|k| k.get_ref())
     }
 }
 

@@ -90,6 +90,32 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// A secret from the configuration (a backend password): shown as
+/// `<redacted>` by `Debug` and `Display`, compared nowhere, read only where it
+/// is sent.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 impl<'de> Deserialize<'de> for TokenHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -98,25 +124,6 @@ impl<'de> Deserialize<'de> for TokenHash {
             de::Error::custom("token_sha256 must be 64 hex digits (run `jitgate token new NAME`)")
         })?;
         Ok(TokenHash(out))
-    }
-}
-
-/// A secret string (webhook signing key): redacted from `Debug` and never
-/// logged.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret's bytes, for use (never for display).
-    pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -134,6 +141,13 @@ mod tests {
             HumanDuration(Duration::from_millis(250)).to_string(),
             "250ms"
         );
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let s = Secret::from("hunter2");
+        assert_eq!(format!("{s:?}"), "<redacted>");
+        assert_eq!(s.expose(), "hunter2");
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Shared harness for the integration tests: an in-process gateway on
-//! ephemeral ports in front of the real PostgreSQL, plus small clients for
-//! the admin API, the audit log and the metrics.
+//! ephemeral ports in front of the real PostgreSQL or MariaDB, plus small
+//! clients for the admin API, the audit log and the metrics.
 //!
-//! The backend address comes from `JITGATE_TEST_PG_ADDR` (default
-//! `127.0.0.1:5432`, trust auth, users `postgres` and `root`, database `test`).
+//! PostgreSQL comes from `JITGATE_TEST_PG_ADDR` (default `127.0.0.1:5432`,
+//! trust auth, users `postgres` and `root`, database `test`); MariaDB from
+//! `JITGATE_TEST_MYSQL_ADDR` (default `127.0.0.1:3306`, `root` with an empty
+//! password, database `test`). The MySQL helpers live in [`mysql`].
 #![allow(dead_code)]
+
+pub mod mysql;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +61,10 @@ pub struct Opts {
     pub extra: String,
     /// TOML placed right after the resource's keys (`[resource.tls]`, ...).
     pub resource_extra: String,
+    /// `postgres` or `mysql`.
+    pub protocol: &'static str,
+    /// `[resource.kill_account]` (user, password), mysql only.
+    pub kill_account: Option<(&'static str, &'static str)>,
 }
 
 impl Opts {
@@ -72,6 +80,19 @@ impl Opts {
             request_ttl: "1h",
             extra: String::new(),
             resource_extra: String::new(),
+            protocol: "postgres",
+            kill_account: None,
+        }
+    }
+
+    /// Defaults for a MariaDB resource called `name`, with the test kill
+    /// account (see [`mysql::setup`]).
+    pub fn mysql(name: &str) -> Opts {
+        Opts {
+            backend: mysql::backend(),
+            protocol: "mysql",
+            kill_account: Some((mysql::KILLER.0, mysql::KILLER.1)),
+            ..Opts::new(name)
         }
     }
 }
@@ -88,6 +109,17 @@ pub struct TestGateway {
 
 /// The config text for `o`, with state in `dir`.
 pub fn config_text(o: &Opts, dir: &std::path::Path) -> String {
+    // Each user's logins on this protocol: alice has two on MySQL (to test a
+    // COM_CHANGE_USER inside her grant), bob one she does not have.
+    let (alice_logins, bob_logins) = if o.protocol == "mysql" {
+        (r#"["jg_alice", "jg_alice_ro"]"#, r#"["jg_bob"]"#)
+    } else {
+        (r#"["postgres"]"#, r#"["root"]"#)
+    };
+    let kill = o
+        .kill_account
+        .map(|(u, p)| format!("\n[resource.kill_account]\nuser = \"{u}\"\npassword = \"{p}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"
 [gateway]
@@ -99,13 +131,14 @@ request_ttl = "{ttl}"
 
 [[resource]]
 name = "{name}"
-protocol = "postgres"
+protocol = "{protocol}"
 listen = "127.0.0.1:0"
 backend = "{backend}"
 idle_timeout = "{idle}"
 max_session = "{max}"
 {resource_extra}
 
+{kill}
 [[user]]
 name = "admin"
 token_sha256 = "{admin}"
@@ -115,13 +148,13 @@ roles = ["admin"]
 name = "alice"
 token_sha256 = "{alice}"
 roles = ["requester"]
-logins = ["postgres"]
+logins = {alice_logins}
 
 [[user]]
 name = "bob"
 token_sha256 = "{bob}"
 roles = ["requester"]
-logins = ["root"]
+logins = {bob_logins}
 
 [[user]]
 name = "carol"
@@ -138,6 +171,7 @@ roles = ["approver"]
         hs = o.handshake_timeout,
         warn = o.warnings,
         name = o.resource,
+        protocol = o.protocol,
         backend = o.backend,
         idle = o.idle_timeout,
         max = o.max_session,
