@@ -35,6 +35,15 @@ pub enum EndReason {
     MaxSession(Duration),
     /// The gateway is shutting down.
     Shutdown,
+    /// A configuration reload removed what the access depended on (the
+    /// resource, the user, the policy).
+    Config(String),
+    /// The client asked to act as a login its grant does not admit (MySQL
+    /// COM_CHANGE_USER): the session is closed rather than switched.
+    LoginDenied {
+        /// The login asked for.
+        login: String,
+    },
     /// A protocol or I/O error on the gateway's side.
     Error,
 }
@@ -52,6 +61,8 @@ impl EndReason {
             EndReason::Idle(_) => "idle",
             EndReason::MaxSession(_) => "max_session",
             EndReason::Shutdown => "shutdown",
+            EndReason::Config(_) => "config",
+            EndReason::LoginDenied { .. } => "denied",
             EndReason::Error => "error",
         }
     }
@@ -69,6 +80,7 @@ impl EndReason {
     pub fn detail(&self) -> Option<&str> {
         match self {
             EndReason::Revoked { reason, .. } | EndReason::Killed { reason, .. } => Some(reason),
+            EndReason::Config(why) => Some(why),
             _ => None,
         }
     }
@@ -120,6 +132,17 @@ impl fmt::Display for ClientText<'_> {
                 HumanDuration(*d)
             ),
             EndReason::Shutdown => write!(f, "jitgate: gateway is shutting down"),
+            EndReason::Config(why) => {
+                write!(
+                    f,
+                    "jitgate: access to {r} ended by a configuration change: {why}"
+                )
+            }
+            EndReason::LoginDenied { login } => write!(
+                f,
+                "{}; the session is closed",
+                crate::admission::no_grant_message(login, r)
+            ),
             EndReason::Client | EndReason::Backend | EndReason::Error => {
                 write!(f, "jitgate: session on {r} ended")
             }
@@ -156,5 +179,14 @@ mod tests {
             t(EndReason::MaxSession(Duration::from_secs(8 * 3600))),
             "jitgate: session on prod-pg reached its session cap of 8h"
         );
+        let denied = EndReason::LoginDenied {
+            login: "root".into(),
+        };
+        assert_eq!(
+            t(denied.clone()),
+            "jitgate: no active access grant for \"root\" on \"prod-pg\"; the session is closed"
+        );
+        assert_eq!(denied.label(), "denied");
+        assert!(denied.is_enforced());
     }
 }

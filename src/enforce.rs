@@ -44,7 +44,6 @@ pub enum Enforcement {
 /// The enforcement clock of one session.
 pub struct Enforcer {
     session: Arc<Session>,
-    idle: Option<Duration>,
     /// Lead times, longest first.
     warnings: Vec<Duration>,
     /// Index in `warnings` of the next warning to give.
@@ -53,6 +52,10 @@ pub struct Enforcer {
     /// Created once: polling a registered waiter costs far less than
     /// registering a new one on every relay iteration.
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Woken when the limits or the grant's deadline change (reload,
+    /// extension): re-arm from the new values.
+    poked: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    poke: Arc<tokio::sync::Notify>,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -80,9 +83,17 @@ impl Enforcer {
         w.sort_unstable_by(|a, b| b.cmp(a));
         w.dedup();
         let cancelled = Box::pin(session.token().clone().cancelled_owned());
+        let poke = session.poke_handle();
+        let poked = Box::pin(poke.clone().notified_owned());
+        let max = session
+            .max_session_deadline()
+            .duration_since(session.started_at)
+            .unwrap_or(Duration::ZERO);
+        session.set_limits(idle, max);
         let mut e = Enforcer {
             session,
-            idle,
+            poked,
+            poke,
             warnings: w,
             next_warning: 0,
             warn_now: false,
@@ -116,7 +127,7 @@ impl Enforcer {
             let warn_at = deadline.checked_sub(*w).unwrap_or(deadline);
             at = at.min(instant_at(warn_at));
         }
-        if let Some(idle) = self.idle {
+        if let Some(idle) = self.session.idle_timeout() {
             at = at.min(Instant::from_std(self.session.last_active()) + idle);
         }
         self.timer.as_mut().reset(at);
@@ -126,7 +137,7 @@ impl Enforcer {
     fn evaluate(&mut self) -> Option<Enforcement> {
         let now = SystemTime::now();
         let grant_deadline = self.session.grant.expires_at();
-        let cap = self.session.max_session_deadline;
+        let cap = self.session.max_session_deadline();
         if now >= grant_deadline.min(cap) {
             let (reason, at) = if grant_deadline <= cap {
                 (EndReason::Expired, grant_deadline)
@@ -141,7 +152,7 @@ impl Enforcer {
                 since: std_instant_at(at),
             });
         }
-        if let Some(idle) = self.idle {
+        if let Some(idle) = self.session.idle_timeout() {
             if self.session.idle_for() >= idle {
                 return Some(Enforcement::End {
                     reason: EndReason::Idle(idle),
@@ -189,6 +200,12 @@ impl Enforcer {
                     };
                 }
                 _ = self.timer.as_mut() => {
+                    if let Some(e) = self.evaluate() {
+                        return e;
+                    }
+                }
+                _ = self.poked.as_mut() => {
+                    self.poked.set(self.poke.clone().notified_owned());
                     if let Some(e) = self.evaluate() {
                         return e;
                     }

@@ -12,16 +12,37 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use arc_swap::ArcSwap;
+
 use crate::audit::{AuditLog, Event};
 use crate::config::Config;
 use crate::ending::EndReason;
 use crate::grants::{Grant, GrantId, GrantTable, NewGrant};
+use crate::journal::{Journal, JournalError, Record, Replay};
 use crate::metrics as m;
+use crate::notify::Notifier;
 use crate::postgres::cancel::CancelKeys;
+use crate::requests::RequestTable;
 use crate::sessions::{wait_closed, Session, SessionId, SessionRegistry};
 
 /// How long a revoke or kill waits for sockets to close before answering.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Why the gateway's state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The audit log.
+    #[error("cannot open the audit log in {dir}: {source}")]
+    Audit {
+        /// The state directory.
+        dir: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The journal.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
 
 /// Errors of the access operations, mapped to HTTP statuses by the API.
 #[derive(Debug, thiserror::Error)]
@@ -32,53 +53,145 @@ pub enum OpError {
     /// The request is malformed or not allowed by the configuration.
     #[error("{0}")]
     Invalid(String),
+    /// The caller may not do this (policy, approver rules, ownership).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The target is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
     /// The audit log cannot be written; nothing was done (fail closed).
     #[error("audit log unavailable, nothing was changed: {0}")]
     Audit(#[from] std::io::Error),
+    /// The journal cannot be written; nothing was done (fail closed).
+    #[error("grant journal unavailable, nothing was changed: {0}")]
+    Journal(std::io::Error),
 }
 
 /// Everything a connection or an API call needs.
 #[derive(Debug)]
 pub struct Gateway {
-    /// The configuration in force.
-    pub config: Arc<Config>,
+    /// The configuration in force; read it with [`Gateway::config`].
+    pub config: ArcSwap<Config>,
     /// Grants.
     pub grants: Arc<GrantTable>,
     /// Live sessions.
     pub sessions: Arc<SessionRegistry>,
     /// Audit log.
     pub audit: AuditLog,
+    /// Grant and request journal.
+    pub journal: Journal,
+    /// Per-resource listeners (started, stopped and rebound by reloads).
+    pub listeners: crate::reload::Listeners,
     /// PostgreSQL cancel keys.
     pub cancel_keys: Arc<CancelKeys>,
+    /// What jitgate has learned of each MySQL backend (version, capabilities).
+    pub mysql_profiles: Arc<crate::mysql::BackendProfiles>,
     /// Root of the cancellation tree: cancelled on shutdown.
     pub shutdown: CancellationToken,
     /// Tracks every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Renders `/metrics`.
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Access requests.
+    pub requests: RequestTable,
+    /// Webhook sinks.
+    pub notifier: Notifier,
 }
 
 impl Gateway {
     /// Build the state for `config`; opens the audit log.
-    pub fn new(config: Config) -> std::io::Result<Gateway> {
+    pub fn new(config: Config) -> Result<Gateway, OpenError> {
+        let dir = config.gateway.state_dir.clone();
         let shutdown = CancellationToken::new();
-        let audit = AuditLog::open(&config.gateway.state_dir)?;
-        Ok(Gateway {
+        // The recorder first, so the audit log's health gauge is recorded.
+        let prometheus = m::install();
+        let audit = AuditLog::open(&dir, config.gateway.audit_rotate_bytes).map_err(|source| {
+            OpenError::Audit {
+                dir: dir.display().to_string(),
+                source,
+            }
+        })?;
+        let (journal, replay) = Journal::open(&dir)?;
+        let tracker = TaskTracker::new();
+        let notifier = Notifier::start(&config.notify, &tracker, &shutdown);
+        let gw = Gateway {
+            requests: RequestTable::new(),
+            notifier,
             grants: Arc::new(GrantTable::new(shutdown.clone())),
             sessions: Arc::new(SessionRegistry::new()),
             audit,
+            journal,
+            listeners: Default::default(),
             cancel_keys: Arc::new(CancelKeys::new()),
+            mysql_profiles: Arc::default(),
             shutdown,
-            tracker: TaskTracker::new(),
-            prometheus: m::install(),
-            config: Arc::new(config),
-        })
+            tracker,
+            prometheus,
+            config: ArcSwap::from_pointee(config),
+        };
+        gw.restore(replay)?;
+        Ok(gw)
+    }
+
+    /// The configuration in force (a reload swaps it).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Rebuild the tables from the journal: grants that expired while
+    /// jitgate was down are expired (and audited) now; then compact.
+    fn restore(&self, replay: Replay) -> Result<(), OpenError> {
+        let now = SystemTime::now();
+        let (mut live, mut expired) = (0usize, 0usize);
+        for rec in replay.grants {
+            if rec.expires_at <= now {
+                let mut e = Event::new("grant.expired");
+                e.grant_id = Some(rec.id);
+                e.principal = Some(rec.principal.clone());
+                e.resource = Some(rec.resource.clone());
+                e.expires_at = Some(rec.expires_at);
+                e.reason = Some("expired while jitgate was not running".into());
+                let _ = self.audit.write(e);
+                expired += 1;
+                continue;
+            }
+            self.grants.restore(rec);
+            live += 1;
+        }
+        let requests = replay.requests.len();
+        for r in replay.requests {
+            self.requests.restore(r);
+        }
+        m::grants_active(self.grants.len());
+        self.compact().map_err(|source| {
+            OpenError::Journal(JournalError::Io {
+                path: self.journal.path().display().to_string(),
+                source,
+            })
+        })?;
+        tracing::info!(
+            records = replay.records,
+            grants = live,
+            expired_while_down = expired,
+            requests,
+            "state restored from the journal"
+        );
+        Ok(())
+    }
+
+    /// Rewrite the journal as a snapshot of the live state.
+    pub fn compact(&self) -> std::io::Result<()> {
+        // Finished requests are kept for a week of history.
+        self.requests
+            .forget_finished_before(SystemTime::now() - Duration::from_secs(7 * 86_400));
+        let grants: Vec<_> = self.grants.list().iter().map(|g| g.record()).collect();
+        self.journal.compact(&grants, &self.requests.list())
     }
 
     /// Create a grant (audited as `grant.created`).
     pub fn create_grant(&self, new: NewGrant) -> Result<Arc<Grant>, OpError> {
-        let resource = self
-            .config
+        let config = self.config();
+        let resource = config
             .resource(&new.resource)
             .ok_or_else(|| OpError::NotFound(format!("no resource named {:?}", new.resource)))?;
         if new.duration.is_zero() {
@@ -87,10 +200,10 @@ impl Gateway {
         if new.duration > Duration::from_secs(366 * 24 * 3600) {
             return Err(OpError::Invalid("duration must be at most one year".into()));
         }
-        if new.reason.trim().is_empty() {
+        if new.reason.trim().is_empty() && new.kind == crate::grants::GrantKind::BreakGlass {
             return Err(OpError::Invalid("a reason is required".into()));
         }
-        let user = self.config.user(&new.principal).ok_or_else(|| {
+        let user = config.user(&new.principal).ok_or_else(|| {
             OpError::Invalid(format!(
                 "no user named {:?} in the configuration",
                 new.principal
@@ -139,14 +252,22 @@ impl Gateway {
             let sources: Vec<String> = new.sources.iter().map(ToString::to_string).collect();
             e.sources = Some(sources.join(","));
         }
-        let grant = self.grants.insert(new);
-        e.grant_id = Some(grant.id);
-        e.expires_at = Some(grant.expires_at());
-        e.outcome = Some("break_glass");
+        let kind = new.kind;
+        let rec = GrantTable::prepare(new);
+        e.grant_id = Some(rec.id);
+        e.expires_at = Some(rec.expires_at);
+        e.outcome = Some(kind.as_str());
+        e.request_id = kind.request_id();
+        // Journal (durable), then audit, then the table: nothing admits
+        // anyone before it is on record.
+        self.journal
+            .append(&Record::Grant(rec.clone()))
+            .map_err(OpError::Journal)?;
         if let Err(err) = self.audit.write(e) {
-            self.grants.remove(&grant.id, EndReason::Error);
+            let _ = self.journal.append(&Record::GrantEnded { id: rec.id });
             return Err(err.into());
         }
+        let grant = self.grants.restore(rec);
         m::grants_active(self.grants.len());
         tracing::info!(grant = %grant.id, principal = %grant.principal, resource = %grant.resource, "grant created");
         Ok(grant)
@@ -170,7 +291,10 @@ impl Gateway {
         e.resource = Some(grant.resource.clone());
         e.actor = Some(by.to_string());
         e.reason = Some(reason.to_string());
-        self.audit.write(e)?;
+        // Removing access never waits on storage: an outage (a full disk,
+        // perhaps filled on purpose) must not keep anyone connected.
+        self.record_removal(e, id);
+        let reason_text = reason.to_string();
         let reason = EndReason::Revoked {
             by: by.to_string(),
             reason: reason.to_string(),
@@ -180,10 +304,28 @@ impl Gateway {
             return Err(OpError::NotFound(format!("no live grant {id}")));
         };
         m::grants_active(self.grants.len());
+        self.notifier.send(
+            "grant.revoked",
+            &format!("{by} revoked {}'s access to {}: {reason_text}", grant.principal, grant.resource),
+            serde_json::json!({"grant_id": grant.id, "principal": grant.principal, "resource": grant.resource, "actor": by}),
+        );
         let sessions = self.sessions.on_grant(&grant.id);
         let closed = wait_closed(&sessions, CLOSE_WAIT).await;
         tracing::info!(grant = %id, by, sessions = closed, "grant revoked");
         Ok(closed)
+    }
+
+    /// Record that access is being removed: audit and journal, logging
+    /// (not failing) when either cannot be written. A journal that misses
+    /// the record brings the grant back on restart, so that is logged as an
+    /// error for the operator to revoke it again.
+    pub(crate) fn record_removal(&self, e: Event, id: GrantId) {
+        if let Err(err) = self.audit.write(e) {
+            tracing::error!(grant = %id, error = %err, "access removed without its audit record (audit log unavailable)");
+        }
+        if let Err(err) = self.journal.append(&Record::GrantEnded { id }) {
+            tracing::error!(grant = %id, error = %err, "grant ended in memory but not in the journal: it returns after a restart unless revoked again");
+        }
     }
 
     /// Kill one session; answers once its sockets are closed.
@@ -211,6 +353,8 @@ impl Gateway {
 
     /// Audit and count a grant that expired.
     pub fn on_grant_expired(&self, g: &Grant) {
+        // Best effort: a grant past its deadline is expired on replay anyway.
+        let _ = self.journal.append(&Record::GrantEnded { id: g.id });
         let mut e = Event::new("grant.expired");
         e.grant_id = Some(g.id);
         e.principal = Some(g.principal.clone());
@@ -218,6 +362,11 @@ impl Gateway {
         e.expires_at = Some(g.expires_at());
         let _ = self.audit.write(e);
         m::grants_active(self.grants.len());
+        self.notifier.send(
+            "grant.expired",
+            &format!("{}'s access to {} expired", g.principal, g.resource),
+            serde_json::json!({"grant_id": g.id, "principal": g.principal, "resource": g.resource}),
+        );
         tracing::info!(grant = %g.id, principal = %g.principal, resource = %g.resource, "grant expired");
     }
 

@@ -31,11 +31,30 @@ use crate::ending::EndReason;
 pub type GrantId = Uuid;
 
 /// How a grant came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantKind {
     /// An admin's direct grant, outside the request workflow.
     BreakGlass,
+    /// The outcome of an approved (or auto-approved) request.
+    Request(Uuid),
+}
+
+impl GrantKind {
+    /// `break_glass` or `request`, for the API and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::BreakGlass => "break_glass",
+            GrantKind::Request(_) => "request",
+        }
+    }
+
+    /// The request behind the grant, if any.
+    pub fn request_id(self) -> Option<Uuid> {
+        match self {
+            GrantKind::BreakGlass => None,
+            GrantKind::Request(id) => Some(id),
+        }
+    }
 }
 
 /// What is needed to create a grant.
@@ -58,6 +77,33 @@ pub struct NewGrant {
     pub actor: String,
     /// How it came to be.
     pub kind: GrantKind,
+}
+
+/// A grant as the journal stores it: everything needed to rebuild it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GrantRecord {
+    /// Id.
+    pub id: GrantId,
+    /// Who it is for.
+    pub principal: String,
+    /// Resource.
+    pub resource: String,
+    /// Logins.
+    pub logins: Vec<String>,
+    /// Sources.
+    pub sources: Vec<IpNet>,
+    /// Creation.
+    #[serde(with = "crate::timefmt::unix_ms")]
+    pub created_at: SystemTime,
+    /// Deadline.
+    #[serde(with = "crate::timefmt::unix_ms")]
+    pub expires_at: SystemTime,
+    /// Why.
+    pub reason: String,
+    /// Who created it.
+    pub actor: String,
+    /// The request it came from (none for break-glass grants).
+    pub request_id: Option<Uuid>,
 }
 
 /// One grant. Shared as `Arc<Grant>` by the table and the sessions on it.
@@ -84,6 +130,8 @@ pub struct Grant {
     expires: watch::Sender<SystemTime>,
     token: CancellationToken,
     end: OnceLock<(EndReason, Instant)>,
+    /// Set once the `grant.expiring` notification went out.
+    pub expiring_notified: std::sync::atomic::AtomicBool,
 }
 
 impl Grant {
@@ -110,6 +158,22 @@ impl Grant {
     /// Why the grant ended and when that was decided.
     pub fn ended(&self) -> Option<&(EndReason, Instant)> {
         self.end.get()
+    }
+
+    /// The grant as the journal stores it.
+    pub fn record(&self) -> GrantRecord {
+        GrantRecord {
+            id: self.id,
+            principal: self.principal.clone(),
+            resource: self.resource.clone(),
+            logins: self.logins.clone(),
+            sources: self.sources.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at(),
+            reason: self.reason.clone(),
+            actor: self.actor.clone(),
+            request_id: self.kind.request_id(),
+        }
     }
 
     /// Live: not ended and deadline in the future.
@@ -166,24 +230,50 @@ impl GrantTable {
         }
     }
 
-    /// Create a grant from now for `new.duration`.
-    pub fn insert(&self, new: NewGrant) -> Arc<Grant> {
+    /// The record of a grant from now for `new.duration`, with a fresh id,
+    /// not yet in the table (so it can be journaled first).
+    pub fn prepare(new: NewGrant) -> GrantRecord {
         let now = SystemTime::now();
-        let expires_at = now + new.duration;
-        let (expires, _) = watch::channel(expires_at);
-        let grant = Arc::new(Grant {
+        GrantRecord {
             id: Uuid::now_v7(),
             principal: new.principal,
             resource: new.resource,
             logins: new.logins,
             sources: new.sources,
             created_at: now,
+            expires_at: now + new.duration,
             reason: new.reason,
             actor: new.actor,
-            kind: new.kind,
+            request_id: new.kind.request_id(),
+        }
+    }
+
+    /// Create a grant from now for `new.duration`.
+    pub fn insert(&self, new: NewGrant) -> Arc<Grant> {
+        self.restore(Self::prepare(new))
+    }
+
+    /// Put a grant in the table from its record (new or read back from the
+    /// journal).
+    pub fn restore(&self, rec: GrantRecord) -> Arc<Grant> {
+        let (expires, _) = watch::channel(rec.expires_at);
+        let grant = Arc::new(Grant {
+            id: rec.id,
+            principal: rec.principal,
+            resource: rec.resource,
+            logins: rec.logins,
+            sources: rec.sources,
+            created_at: rec.created_at,
+            reason: rec.reason,
+            actor: rec.actor,
+            kind: match rec.request_id {
+                Some(r) => GrantKind::Request(r),
+                None => GrantKind::BreakGlass,
+            },
             expires,
             token: self.root.child_token(),
             end: OnceLock::new(),
+            expiring_notified: std::sync::atomic::AtomicBool::new(false),
         });
         for login in &grant.logins {
             self.index
@@ -198,7 +288,7 @@ impl GrantTable {
                 .push(grant.clone());
         }
         self.by_id.insert(grant.id, grant.clone());
-        self.schedule(expires_at, grant.id);
+        self.schedule(rec.expires_at, grant.id);
         grant
     }
 
@@ -260,6 +350,41 @@ impl GrantTable {
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Set a live grant's deadline (a reload that tightens a policy);
+    /// false if the grant is not live. The caller pokes its sessions.
+    pub fn set_deadline(&self, id: &GrantId, at: SystemTime) -> bool {
+        let Some(grant) = self.get(id) else {
+            return false;
+        };
+        if !grant.is_live(SystemTime::now()) {
+            return false;
+        }
+        let mut d = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        d.remove(&(grant.expires_at(), grant.id));
+        d.insert((at, grant.id));
+        grant.expires.send_replace(at);
+        drop(d);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Move a live grant's deadline `by` later; returns the new deadline.
+    /// Sessions on it notice when their timer next fires (see
+    /// [`crate::enforce`]).
+    pub fn extend(&self, id: &GrantId, by: Duration) -> Option<SystemTime> {
+        let grant = self.get(id)?;
+        if !grant.is_live(SystemTime::now()) {
+            return None;
+        }
+        let mut d = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        let old = grant.expires_at();
+        let new = old + by;
+        d.remove(&(old, grant.id));
+        d.insert((new, grant.id));
+        grant.expires.send_replace(new);
+        Some(new)
     }
 
     /// Remove a grant and end it for `reason`; `None` if it was not there.
@@ -480,6 +605,19 @@ mod tests {
         assert!(t.find_login("pg", "alice", LOCAL).is_none());
         assert!(t.is_empty());
         assert!(t.index.is_empty());
+    }
+
+    #[test]
+    fn extend_moves_the_deadline_and_the_expiry() {
+        let t = GrantTable::new(CancellationToken::new());
+        let g = t.insert(new("pg", "a", 1));
+        let before = g.expires_at();
+        let after = t.extend(&g.id, Duration::from_secs(60)).unwrap();
+        assert_eq!(after, before + Duration::from_secs(60));
+        assert_eq!(g.expires_at(), after);
+        assert!(t.expire_due(before + Duration::from_secs(2)).is_empty());
+        assert_eq!(t.expire_due(after).len(), 1);
+        assert!(t.extend(&g.id, Duration::from_secs(1)).is_none());
     }
 
     #[test]

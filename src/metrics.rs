@@ -51,6 +51,14 @@ fn describe() {
     );
     describe_gauge!("jitgate_grants_active", "Grants in the grant table.");
     describe_counter!("jitgate_requests_total", "Access requests by outcome.");
+    describe_gauge!(
+        "jitgate_requests_pending",
+        "Access requests waiting for approval."
+    );
+    describe_counter!(
+        "jitgate_notify_dropped_total",
+        "Webhook notifications dropped, by reason (queue_full | failed)."
+    );
     describe_histogram!(
         "jitgate_enforcement_lag_seconds",
         "Time from a deadline or a revoke/kill to both sockets being closed."
@@ -62,6 +70,14 @@ fn describe() {
     describe_counter!(
         "jitgate_config_reloads_total",
         "Configuration reloads by result (ok | error)."
+    );
+    describe_gauge!(
+        "jitgate_audit_healthy",
+        "1 while the audit log can be written; 0 while writes fail (new sessions and grants are refused)."
+    );
+    describe_counter!(
+        "jitgate_audit_write_errors_total",
+        "Audit records that could not be written (each refused the action it recorded, or was lost if the action happened anyway)."
     );
 }
 
@@ -132,8 +148,34 @@ pub fn handshake(d: Duration) {
     histogram!("jitgate_handshake_seconds").record(d.as_secs_f64());
 }
 
+/// An access request reached `outcome` (pending | auto_approved |
+/// approved | denied | expired).
+pub fn request(outcome: &'static str) {
+    counter!("jitgate_requests_total", "outcome" => outcome).increment(1);
+}
+
+/// Requests waiting for approval.
+pub fn requests_pending(n: usize) {
+    gauge!("jitgate_requests_pending").set(n as f64);
+}
+
+/// A webhook notification was dropped (queue_full | failed).
+pub fn notify_dropped(reason: &'static str) {
+    counter!("jitgate_notify_dropped_total", "reason" => reason).increment(1);
+}
+
 /// A config reload attempt.
 pub fn config_reload(ok: bool) {
     counter!("jitgate_config_reloads_total", "result" => if ok { "ok" } else { "error" })
         .increment(1);
+}
+
+/// Whether the audit log can be written.
+pub fn audit_healthy(ok: bool) {
+    gauge!("jitgate_audit_healthy").set(if ok { 1.0 } else { 0.0 });
+}
+
+/// An audit record could not be written.
+pub fn audit_write_error() {
+    counter!("jitgate_audit_write_errors_total").increment(1);
 }

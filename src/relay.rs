@@ -30,8 +30,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+
+use crate::conn::{Conn, ConnRead, ConnWrite};
 
 use crate::ending::EndReason;
 use crate::enforce::{Enforcement, Enforcer};
@@ -116,7 +116,10 @@ pub trait Wire: Send {
     }
 
     /// The message that tells the client why access ended, if the protocol
-    /// has one.
+    /// has one. The relay asks once to learn whether there is one, then
+    /// again once the client stream is at a boundary, and writes the second
+    /// answer: it may depend on what the client has received (MySQL
+    /// sequence ids), so it must not change the wire's state.
     fn farewell(&mut self, _session: &Session, _reason: &EndReason) -> Option<Vec<u8>> {
         None
     }
@@ -232,6 +235,8 @@ struct Up {
     pos: usize,
     /// Bytes in `buf[..len]` the wire has not passed yet.
     held: bool,
+    /// Written since the last flush (TLS buffers records until flushed).
+    dirty: bool,
 }
 
 /// What one step of a direction did.
@@ -251,6 +256,8 @@ enum Step {
 /// Backend → client state beyond the buffer.
 struct DownState {
     down: Down,
+    /// Written to the client since the last flush.
+    dirty: bool,
     hs_in: BytesMut,
     hs_out: BytesMut,
     inject: Vec<u8>,
@@ -260,8 +267,8 @@ struct DownState {
 async fn up_step<W: Wire>(
     up: &mut Up,
     wire: &std::sync::Mutex<&mut W>,
-    client: &mut ReadHalf<'_>,
-    backend: &mut WriteHalf<'_>,
+    client: &mut ConnRead<'_>,
+    backend: &mut ConnWrite<'_>,
     session: &Session,
     counter: &metrics::Counter,
 ) -> Step {
@@ -273,8 +280,20 @@ async fn up_step<W: Wire>(
             Ok(0) | Err(_) => Step::BackendGone,
             Ok(n) => {
                 up.pos += n;
+                // Plain TCP has nothing to flush: skip the extra step.
+                up.dirty = backend.is_tls();
                 Step::Moved
             }
+        };
+    }
+    if up.dirty {
+        // Everything is written: push what TLS may still hold.
+        return match backend.flush().await {
+            Ok(()) => {
+                up.dirty = false;
+                Step::Moved
+            }
+            Err(_) => Step::BackendGone,
         };
     }
     if !up.held {
@@ -314,8 +333,8 @@ async fn up_step<W: Wire>(
 async fn down_step<W: Wire>(
     st: &mut DownState,
     wire: &std::sync::Mutex<&mut W>,
-    backend: &mut ReadHalf<'_>,
-    client: &mut WriteHalf<'_>,
+    backend: &mut ConnRead<'_>,
+    client: &mut ConnWrite<'_>,
     session: &Session,
     counter: &metrics::Counter,
 ) -> Step {
@@ -328,6 +347,7 @@ async fn down_step<W: Wire>(
             Ok(0) | Err(_) => Step::ClientGone,
             Ok(n) => {
                 st.inject_pos += n;
+                st.dirty = client.is_tls();
                 if st.inject_pos >= st.inject.len() {
                     st.inject.clear();
                     st.inject_pos = 0;
@@ -349,8 +369,18 @@ async fn down_step<W: Wire>(
             Ok(0) | Err(_) => Step::ClientGone,
             Ok(n) => {
                 st.down.pos += n;
+                st.dirty = client.is_tls();
                 Step::Moved
             }
+        };
+    }
+    if st.dirty {
+        return match client.flush().await {
+            Ok(()) => {
+                st.dirty = false;
+                Step::Moved
+            }
+            Err(_) => Step::ClientGone,
         };
     }
     let in_handshake = wire
@@ -420,9 +450,11 @@ async fn down_step<W: Wire>(
 pub async fn run<W: Wire>(
     p: RelayParams,
     mut wire: W,
-    mut client: TcpStream,
-    mut backend: TcpStream,
+    client: impl Into<Conn>,
+    backend: impl Into<Conn>,
 ) -> (EndReason, Option<std::time::Instant>) {
+    let mut client: Conn = client.into();
+    let mut backend: Conn = backend.into();
     let session = p.session.clone();
     let mut enforcer = Enforcer::new(session.clone(), p.idle, &p.warnings);
     let (bytes_up, bytes_down) = crate::metrics::byte_counters(&session.resource);
@@ -431,6 +463,7 @@ pub async fn run<W: Wire>(
         len: 0,
         pos: 0,
         held: false,
+        dirty: false,
     };
     let mut st = DownState {
         down: Down {
@@ -441,6 +474,7 @@ pub async fn run<W: Wire>(
             start_boundary: true,
             tail_boundary: true,
         },
+        dirty: false,
         hs_in: BytesMut::new(),
         hs_out: BytesMut::new(),
         inject: Vec::new(),
@@ -523,12 +557,17 @@ pub async fn run<W: Wire>(
     };
 
     if reason.is_enforced() {
-        let farewell = wire.farewell(&session, &reason);
+        let has_farewell = wire.farewell(&session, &reason).is_some();
         let action = wire.end_action();
         let finish_client = async {
-            if let Some(msg) = farewell {
-                if drain_to_boundary(&mut client, &mut backend, &mut st.down, &mut wire).await {
+            if has_farewell
+                && drain_to_boundary(&mut client, &mut backend, &mut st.down, &mut wire).await
+            {
+                // Built after the drain: its bytes may depend on what the
+                // client has received by now (MySQL sequence ids).
+                if let Some(msg) = wire.farewell(&session, &reason) {
                     let _ = client.write_all(&msg).await;
+                    let _ = client.flush().await;
                 }
             }
             let _ = client.shutdown().await;
@@ -551,42 +590,52 @@ pub async fn run<W: Wire>(
 }
 
 /// Bring the client stream to a message boundary: write what is pending up
-/// to the next boundary, reading more from the backend if the current
-/// message is not complete yet. False if that is not possible.
+/// to the *last* boundary of the chunk read (so the client has received
+/// every message the wire has seen complete), reading more from the backend
+/// if the chunk ends inside a message. False if that is not possible.
 async fn drain_to_boundary<W: Wire>(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
+    client: &mut Conn,
+    backend: &mut Conn,
     down: &mut Down,
     wire: &mut W,
 ) -> bool {
     loop {
-        if down.at_boundary() {
-            return true;
-        }
-        if down.pending() {
-            let end = down.next_boundary().unwrap_or(down.len);
-            let Some(slice) = down.buf.get(down.pos..end) else {
-                return false;
-            };
-            match client.write(slice).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => down.pos += n,
-            }
-            continue;
-        }
-        if wire.in_handshake() {
-            // Whole messages only in this phase: always at a boundary.
-            return true;
-        }
-        match backend.read(&mut down.buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => match wire.feed_down(down.buf.get(..n).unwrap_or_default()) {
-                Ok(b) => {
-                    let tail = wire.down_at_boundary();
-                    down.loaded(n, b, tail);
+        let target = if down.tail_boundary {
+            Some(down.len)
+        } else {
+            down.b.last.filter(|&l| l >= down.pos)
+        };
+        let end = match target {
+            Some(t) if t > down.pos => t,
+            Some(_) => return true,
+            // Nothing complete ahead and already at a boundary (the chunk
+            // starts a message that has not ended yet).
+            None if down.at_boundary() => return true,
+            None if down.pending() => down.len,
+            None => {
+                if wire.in_handshake() {
+                    // Whole messages only in this phase: always at a boundary.
+                    return true;
                 }
-                Err(_) => return false,
-            },
+                match backend.read(&mut down.buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => match wire.feed_down(down.buf.get(..n).unwrap_or_default()) {
+                        Ok(b) => {
+                            let tail = wire.down_at_boundary();
+                            down.loaded(n, b, tail);
+                        }
+                        Err(_) => return false,
+                    },
+                }
+                continue;
+            }
+        };
+        let Some(slice) = down.buf.get(down.pos..end) else {
+            return false;
+        };
+        match client.write(slice).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => down.pos += n,
         }
     }
 }

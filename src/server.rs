@@ -9,23 +9,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Cidr, Config, Protocol, ResourceConfig};
-use crate::conn::{self, Endpoints};
 use crate::gateway::Gateway;
 use crate::metrics::{self as m, Outcome};
+use crate::socket::{self, Endpoints};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The state directory or audit log could not be opened.
-    #[error("cannot open the state directory {dir}: {source}")]
-    State {
-        /// The directory.
-        dir: String,
+    /// The state directory, audit log or journal could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::gateway::OpenError),
+    /// TLS material could not be loaded.
+    #[error("resource {resource}: {source}")]
+    Tls {
+        /// The resource.
+        resource: String,
         /// The cause.
-        source: std::io::Error,
+        source: crate::tls::TlsError,
     },
     /// A listener could not be bound.
     #[error("cannot listen on {addr} for {what}: {source}")]
@@ -47,17 +52,12 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The bound metrics-only address, if configured.
     pub metrics_addr: Option<SocketAddr>,
-    /// Bound address of each resource, in config order.
-    pub resource_addrs: Vec<(String, SocketAddr)>,
 }
 
 impl Running {
     /// The bound address of a resource.
     pub fn resource_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.resource_addrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.gateway.listeners.addr(name)
     }
 
     /// Stop: end every session (reason `shutdown`), stop listening, and
@@ -70,6 +70,11 @@ impl Running {
             .is_err()
         {
             tracing::warn!("some connections did not close within the shutdown grace");
+        }
+        // Journal records are fsynced as they are written; the audit log is
+        // flushed here so a clean stop loses nothing even on power loss.
+        if let Err(e) = self.gateway.audit.sync() {
+            tracing::error!(error = %e, "could not flush the audit log at shutdown");
         }
     }
 
@@ -91,23 +96,22 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
 
 /// Bind everything and start serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let dir = config.gateway.state_dir.display().to_string();
-    let gw = Arc::new(Gateway::new(config).map_err(|source| StartError::State { dir, source })?);
+    let gw = Arc::new(Gateway::new(config)?);
 
     // Bind all listeners before serving any, so a bad address fails start-up whole.
     let mut listeners = Vec::new();
-    for r in &gw.config.resources {
+    for r in &gw.config().resources {
         let l = bind(r.listen(), &format!("resource {}", r.name())).await?;
-        listeners.push((Arc::new(r.clone()), l));
+        listeners.push((r.clone(), l));
     }
-    let admin = bind(gw.config.gateway.admin_listen, "the admin API").await?;
-    let metrics = match gw.config.gateway.metrics_listen {
+    let admin = bind(gw.config().gateway.admin_listen, "the admin API").await?;
+    let metrics = match gw.config().gateway.metrics_listen {
         Some(a) => Some(bind(a, "metrics").await?),
         None => None,
     };
 
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
-        addr: gw.config.gateway.admin_listen,
+        addr: gw.config().gateway.admin_listen,
         what: "the admin API".into(),
         source,
     })?;
@@ -129,12 +133,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ));
     }
 
-    let mut resource_addrs = Vec::new();
     for (r, l) in listeners {
-        let addr = l.local_addr().unwrap_or_else(|_| r.listen());
-        tracing::info!(resource = r.name(), protocol = r.protocol().as_str(), listen = %addr, backend = r.backend(), "resource listening");
-        resource_addrs.push((r.name().to_string(), addr));
-        gw.tracker.spawn(accept_loop(gw.clone(), r, l));
+        let name = r.name().to_string();
+        crate::reload::spawn_listener(&gw, r, l).map_err(|source| StartError::Tls {
+            resource: name,
+            source,
+        })?;
     }
 
     {
@@ -147,20 +151,48 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         });
     }
 
+    {
+        // Request TTLs, `grant.expiring` notices and the audit log's
+        // recovery: a once-a-second sweep (second precision is what they need).
+        let gw2 = gw.clone();
+        gw.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = gw2.shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        gw2.sweep(std::time::SystemTime::now());
+                        // Recover from an audit outage with no traffic too.
+                        gw2.audit.retry();
+                    }
+                }
+            }
+        });
+    }
+
     Ok(Running {
         gateway: gw,
         admin_addr,
         metrics_addr,
-        resource_addrs,
     })
 }
 
-async fn accept_loop(gw: Arc<Gateway>, resource: Arc<ResourceConfig>, listener: TcpListener) {
+/// Accept connections for one resource until `stop` (reload removed or
+/// moved it, or shutdown). Each connection gets the resource's settings as
+/// they are when it is accepted.
+pub(crate) async fn accept_loop(
+    gw: Arc<Gateway>,
+    resource: Arc<ArcSwap<ResourceConfig>>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
-            _ = gw.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
+        let resource = resource.load_full();
         match accepted {
             Ok((stream, peer)) => {
                 if let Err(e) = stream.set_nodelay(true) {
@@ -184,22 +216,22 @@ async fn dispatch(
     mut stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let peer = conn::canonical(peer);
+    let peer = socket::canonical(peer);
     let real = Endpoints {
         client: peer,
         local: stream
             .local_addr()
-            .map(conn::canonical)
+            .map(socket::canonical)
             .unwrap_or_else(|_| resource.listen()),
     };
     // A trusted load balancer names the real client in a PROXY header.
     let ends = if Cidr::any_contains(
-        resource.accept_proxy_protocol_from(&gw.config.gateway),
+        resource.accept_proxy_protocol_from(&gw.config().gateway),
         peer.ip(),
     ) {
-        let t = gw.config.gateway.handshake_timeout.0;
+        let t = gw.config().gateway.handshake_timeout.0;
         let read = tokio::select! {
-            r = tokio::time::timeout(t, conn::read_proxy_header(&mut stream, real)) => r,
+            r = tokio::time::timeout(t, socket::read_proxy_header(&mut stream, real)) => r,
             _ = gw.shutdown.cancelled() => return,
         };
         match read {
@@ -228,9 +260,8 @@ async fn dispatch(
     };
     match resource.protocol() {
         Protocol::Postgres => crate::postgres::handle(gw, resource, stream, ends.client).await,
+        Protocol::Mysql => crate::mysql::handle(gw, resource, stream, ends.client).await,
         Protocol::Ssh => crate::ssh::handle(gw, resource, stream, ends).await,
         Protocol::Tcp => crate::tcp::handle(gw, resource, stream, ends).await,
-        // Rejected by config validation; close if one slips through.
-        Protocol::Mysql => drop(stream),
     }
 }

@@ -46,8 +46,12 @@ pub struct Session {
     /// Wall-clock start.
     pub started_at: SystemTime,
     started: Instant,
-    /// Hard deadline from the resource's `max_session`.
-    pub max_session_deadline: SystemTime,
+    /// The resource's `max_session`, in milliseconds (a reload may lower it).
+    max_session_ms: AtomicU64,
+    /// The resource's `idle_timeout` in milliseconds, 0 = none (a reload may change it).
+    idle_ms: AtomicU64,
+    /// Wakes the session's enforcer to re-read its limits and deadline.
+    poke: Arc<tokio::sync::Notify>,
     /// Milliseconds after `started` of the last byte in either direction.
     last_active_ms: AtomicU64,
     /// Bytes from client to backend.
@@ -81,9 +85,41 @@ impl Session {
         self.last_active().elapsed()
     }
 
+    /// The session cap's deadline.
+    pub fn max_session_deadline(&self) -> SystemTime {
+        self.started_at + Duration::from_millis(self.max_session_ms.load(Ordering::Relaxed))
+    }
+
     /// The effective deadline: the grant's or the session cap, whichever is first.
     pub fn deadline(&self) -> SystemTime {
-        self.grant.expires_at().min(self.max_session_deadline)
+        self.grant.expires_at().min(self.max_session_deadline())
+    }
+
+    /// The idle timeout in force.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        match self.idle_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Apply (new) resource limits and wake the enforcer to use them.
+    pub fn set_limits(&self, idle: Option<Duration>, max_session: Duration) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.idle_ms.store(idle.map_or(0, ms), Ordering::Relaxed);
+        self.max_session_ms
+            .store(ms(max_session), Ordering::Relaxed);
+        self.poke();
+    }
+
+    /// Wake the enforcer to re-read the deadline (the grant's moved).
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// The notifier the enforcer waits on.
+    pub fn poke_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.poke.clone()
     }
 
     /// End the session for `reason`, unless it already ends for another;
@@ -153,7 +189,11 @@ impl SessionRegistry {
             client_addr: new.client_addr,
             started_at: now,
             started: Instant::now(),
-            max_session_deadline: now + new.max_session,
+            max_session_ms: AtomicU64::new(
+                u64::try_from(new.max_session.as_millis()).unwrap_or(u64::MAX),
+            ),
+            idle_ms: AtomicU64::new(0),
+            poke: Arc::new(tokio::sync::Notify::new()),
             last_active_ms: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
@@ -178,6 +218,15 @@ impl SessionRegistry {
         let mut v: Vec<_> = self.by_id.iter().map(|e| e.value().clone()).collect();
         v.sort_by_key(|s| s.id);
         v
+    }
+
+    /// Live sessions on one resource.
+    pub fn on_resource(&self, resource: &str) -> Vec<Arc<Session>> {
+        self.by_id
+            .iter()
+            .filter(|e| e.value().resource == resource)
+            .map(|e| e.value().clone())
+            .collect()
     }
 
     /// Live sessions on one grant.

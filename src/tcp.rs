@@ -22,11 +22,11 @@ use tokio::net::TcpStream;
 
 use crate::admission::{self, Identity};
 use crate::config::ResourceConfig;
-use crate::conn::{self, Endpoints};
 use crate::ending::EndReason;
 use crate::gateway::Gateway;
 use crate::metrics::{self as m, Outcome};
 use crate::relay::{self, Opaque, RelayParams};
+use crate::socket::{self, Endpoints};
 
 /// Serve one client connection on a tcp resource.
 pub async fn handle(
@@ -42,19 +42,19 @@ pub async fn handle(
         Ok(a) => a,
         Err(_) => {
             // Audited and counted by admission; TCP has no way to say why.
-            conn::close_refused(client).await;
+            socket::close_refused(client).await;
             return;
         }
     };
     let session = admitted.session.clone();
-    let backend = match conn::dial_announcing(&gw, &resource, ends).await {
+    let backend = match socket::dial_announcing(&gw, &resource, ends).await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(resource = name, error = %e, "backend unreachable");
             m::connection(name, "tcp", Outcome::Error);
             drop(admitted.guard);
             gw.on_session_ended(&session, &EndReason::Backend, None);
-            conn::close_refused(client).await;
+            socket::close_refused(client).await;
             return;
         }
     };
@@ -63,7 +63,7 @@ pub async fn handle(
         session: session.clone(),
         idle: resource.idle_timeout(),
         warnings: Vec::new(),
-        buffer_size: gw.config.gateway.relay_buffer_size,
+        buffer_size: gw.config().gateway.relay_buffer_size,
         handshake_deadline: None,
     };
     let (reason, since) = relay::run(params, Opaque, client, backend).await;

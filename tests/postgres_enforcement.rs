@@ -519,3 +519,29 @@ async fn revoke_racing_concurrent_connects_lets_nothing_through() {
     assert_eq!(gw.metric("jitgate_sessions_active", &["pg-race"]), 0.0);
     assert!(gw.metric("jitgate_connections_total", &["pg-race", "denied"]) >= 40.0);
 }
+
+#[tokio::test]
+async fn a_vanished_clients_running_query_is_cancelled() {
+    let gw = start(Opts::new("pg-vanish")).await;
+    gw.grant("alice", "postgres", Duration::from_secs(60));
+    let direct = direct().await;
+    let c = connect(&gw.pg_config("postgres")).await.unwrap();
+    let marker = "jitgate_vanish_marker";
+    let q = format!("SELECT pg_sleep(60) /* {marker} */");
+    let client = c.client;
+    let running = tokio::spawn(async move {
+        let _ = client.simple_query(&q).await;
+    });
+    wait_running(&direct, marker, 1).await;
+    // The client disappears: its task and connection are dropped.
+    running.abort();
+    c.conn.abort();
+    wait_until(
+        "the vanished client's query is gone",
+        Duration::from_secs(5),
+        || async { running_queries(&direct, marker).await == 0 },
+    )
+    .await;
+    gw.wait_audit("session.ended", |e| e["outcome"] == "client")
+        .await;
+}

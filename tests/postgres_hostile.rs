@@ -384,3 +384,37 @@ async fn a_startup_for_a_login_without_grant_is_denied_and_audited() {
     assert_eq!(connections(&gw, "error"), 0.0);
     still_works(&gw).await;
 }
+
+#[tokio::test]
+async fn replication_connections_are_refused_even_with_a_grant() {
+    let gw = gateway("pg-h-repl").await;
+    for mode in ["true", "database", "on"] {
+        let bytes = packet(
+            PROTOCOL_3_0,
+            Some(&[
+                ("user", "postgres"),
+                ("database", "test"),
+                ("replication", mode),
+            ]),
+        );
+        let out = exchange(gw.addr(), &bytes, Duration::from_secs(5)).await;
+        let e = error_response(&out);
+        assert_eq!(e[&'C'], "28000", "{mode}");
+        assert!(
+            e[&'M'].contains("replication connections are not allowed"),
+            "{mode}: {e:?}"
+        );
+    }
+    nothing_admitted(&gw);
+    // `replication=false` is an ordinary session.
+    let mut c = gw.pg_config("postgres");
+    c.options("-c application_name=not_replication");
+    connect(&c)
+        .await
+        .unwrap()
+        .client
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    still_works(&gw).await;
+}

@@ -94,3 +94,47 @@ async fn a_postgres_grant_keeps_its_login_default_and_sources_restrict_it() {
     let err = connect(&gw.pg_config("postgres")).await.err().unwrap();
     assert_eq!(db_error(&err).0, "28000");
 }
+
+/// POST /v1/requests as alice; status and JSON.
+async fn post_request(gw: &TestGateway, body: &Value) -> (u16, Value) {
+    gw.api("POST", "/v1/requests", Some(ALICE_TOKEN), Some(body))
+        .await
+}
+
+#[tokio::test]
+async fn a_request_on_a_tcp_resource_is_for_the_requesters_address() {
+    let backend = Backend::start(Mode::Echo).await;
+    let mut o = Opts::with_backend("req-src", "tcp", backend.addr);
+    o.extra = r#"
+[[policy]]
+name = "auto"
+principals = ["alice"]
+resources = ["req-src"]
+max_duration = "1h"
+approvals = 0
+"#
+    .into();
+    let gw = start(o).await;
+    let ask = json!({"resource": "req-src", "duration": "10m", "reason": "deploy"});
+    let (status, r) = post_request(&gw, &ask).await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["sources"], json!(["127.0.0.1/32"]));
+    assert_eq!(
+        r["logins"],
+        json!([]),
+        "the policy's logins do not apply to tcp"
+    );
+    assert_eq!(r["state"], "approved", "{r}");
+    // The auto-approved grant admits this machine.
+    let mut c = TcpStream::connect(gw.addr()).await.unwrap();
+    c.write_all(b"y").await.unwrap();
+    let mut one = [0u8; 1];
+    c.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"y");
+    // A login on a tcp resource is refused with a pointer to --source.
+    let mut bad = ask.clone();
+    bad["logins"] = json!(["postgres"]);
+    let (status, e) = post_request(&gw, &bad).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("--source"), "{e}");
+}

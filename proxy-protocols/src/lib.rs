@@ -27,6 +27,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod mysql;
 pub mod postgres;
 pub mod proxy;
 pub mod ssh;

@@ -9,6 +9,7 @@
 //! 409 conflict, 503 audit log unavailable.
 
 mod routes;
+mod workflow_routes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,11 +18,12 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
 use crate::api::ErrorBody;
+use crate::audit::Health;
 use crate::config::{Cidr, Role, TokenHash};
 use crate::gateway::{Gateway, OpError};
 
@@ -37,15 +39,77 @@ pub enum Surface {
     MetricsOnly,
 }
 
-/// Serve the API on `listener` until shutdown.
+/// Serve the API on `listener` until shutdown, over HTTPS when
+/// `[gateway.admin_tls]` is set.
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, surface: Surface) {
     let stop = gw.shutdown.clone();
-    let app = router(gw, surface).into_make_service_with_connect_info::<SocketAddr>();
+    let tls_settings = gw.config().gateway.admin_tls.clone();
+    let app = router(gw, surface);
+    if let Some(settings) = tls_settings {
+        match crate::tls::ServerTls::new(settings, &[b"http/1.1"]) {
+            Ok(tls) => serve_tls(app, listener, tls, stop).await,
+            // Checked when the config was loaded; files changed since.
+            Err(e) => tracing::error!(error = %e, "admin API not started: TLS material unusable"),
+        }
+        return;
+    }
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
         tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+/// Longest a client may take for its TLS handshake on the admin API.
+const ADMIN_TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve_tls(
+    app: Router,
+    listener: TcpListener,
+    tls: crate::tls::ServerTls,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let tls = Arc::new(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let stream = match tokio::time::timeout(ADMIN_TLS_HANDSHAKE, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "admin API TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            // What axum::serve's connect info gives the plaintext listener.
+            let app = app.layer(axum::Extension(ConnectInfo(peer)));
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "admin API connection ended");
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -62,6 +126,16 @@ pub fn router(gw: Arc<Gateway>, surface: Surface) -> Router {
                 get(routes::list_grants).post(routes::create_grant),
             )
             .route("/v1/grants/{id}", delete(routes::revoke_grant))
+            .route("/v1/grants/{id}/extend", post(workflow_routes::extend))
+            .route("/v1/grants/{id}/release", post(workflow_routes::release))
+            .route(
+                "/v1/requests",
+                get(workflow_routes::list_requests).post(workflow_routes::create_request),
+            )
+            .route("/v1/requests/{id}/approve", post(workflow_routes::approve))
+            .route("/v1/requests/{id}/deny", post(workflow_routes::deny))
+            .route("/v1/policy/explain", get(workflow_routes::explain))
+            .route("/v1/reload", post(routes::reload))
             .route("/v1/sessions", get(routes::list_sessions))
             .route("/v1/sessions/{id}", delete(routes::kill_session)),
     };
@@ -70,8 +144,21 @@ pub fn router(gw: Arc<Gateway>, surface: Surface) -> Router {
         .with_state(gw)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, or `degraded: …` while the audit log cannot be written. Always
+/// 200: the process is alive and its live sessions must go on, so a
+/// liveness probe must not restart it; alert on `jitgate_audit_healthy`.
+async fn healthz(State(gw): State<Arc<Gateway>>) -> String {
+    match gw.audit.health() {
+        Health::Healthy => "ok\n".into(),
+        Health::Failing {
+            since,
+            error,
+            failed_writes,
+        } => format!(
+            "degraded: audit log unavailable since {} ({failed_writes} failed writes; {error}): new sessions and grants are refused\n",
+            crate::timefmt::rfc3339(since)
+        ),
+    }
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
@@ -132,7 +219,9 @@ impl From<OpError> for ApiError {
         let status = match &e {
             OpError::NotFound(_) => StatusCode::NOT_FOUND,
             OpError::Invalid(_) => StatusCode::BAD_REQUEST,
-            OpError::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            OpError::Conflict(_) => StatusCode::CONFLICT,
+            OpError::Audit(_) | OpError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }
@@ -190,7 +279,8 @@ impl FromRequestParts<Arc<Gateway>> for Caller {
         // Compare against every user, in constant time, without stopping
         // at the first match.
         let mut found = None;
-        for u in &gw.config.users {
+        let config = gw.config();
+        for u in &config.users {
             if u.token_sha256.get_ref().ct_eq(&presented) {
                 found = Some(u);
             }
@@ -224,7 +314,7 @@ impl FromRequestParts<Arc<Gateway>> for Origin {
         Ok(Origin(Some(forwarded_client(
             peer.ip(),
             forwarded,
-            &gw.config.gateway.trusted_proxies,
+            &gw.config().gateway.trusted_proxies,
         ))))
     }
 }

@@ -27,7 +27,7 @@ pub struct ReasonQuery {
     reason: Option<String>,
 }
 
-fn parse_id(p: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+pub(super) fn parse_id(p: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
     let Path(s) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Uuid::parse_str(&s).map_err(|_| ApiError::bad_request(format!("{s:?} is not a valid id")))
 }
@@ -39,7 +39,7 @@ fn reason_of(q: Result<Query<ReasonQuery>, QueryRejection>) -> Result<String, Ap
     Ok(r)
 }
 
-fn check_reason(r: &str) -> Result<(), ApiError> {
+pub(super) fn check_reason(r: &str) -> Result<(), ApiError> {
     if r.len() > MAX_REASON {
         return Err(ApiError::bad_request(format!(
             "reason is longer than {MAX_REASON} bytes"
@@ -51,6 +51,39 @@ fn check_reason(r: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Parse CIDRs (a bare address means that one host).
+pub(super) fn parse_sources(sources: &[String]) -> Result<Vec<ipnet::IpNet>, ApiError> {
+    sources
+        .iter()
+        .map(|s| {
+            s.parse::<Cidr>()
+                .map(|c| c.0)
+                .map_err(|_| ApiError::bad_request(format!("{s:?} is not a CIDR")))
+        })
+        .collect()
+}
+
+/// The sources of a grant or request: as given, or, on an ssh/tcp resource
+/// with none given, the address the request came from ([`Origin`]).
+pub(super) fn sources_or_origin(
+    gw: &Gateway,
+    resource: &str,
+    sources: Vec<ipnet::IpNet>,
+    origin: Origin,
+) -> Result<Vec<ipnet::IpNet>, ApiError> {
+    let by_source = gw
+        .config()
+        .resource(resource)
+        .is_some_and(|r| r.protocol().identifies_by_source());
+    if !by_source || !sources.is_empty() {
+        return Ok(sources);
+    }
+    let ip = origin.0.ok_or_else(|| {
+        ApiError::bad_request("cannot tell the address of this request: give sources")
+    })?;
+    Ok(vec![ipnet::IpNet::from(ip)])
 }
 
 /// `GET /v1/grants`.
@@ -79,30 +112,16 @@ pub async fn create_grant(
     caller.require(Role::Admin)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_reason(&req.reason)?;
-    let mut sources = req
-        .sources
-        .iter()
-        .map(|s| {
-            s.parse::<Cidr>()
-                .map(|c| c.0)
-                .map_err(|_| ApiError::bad_request(format!("{s:?} is not a CIDR")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let sources = sources_or_origin(&gw, &req.resource, parse_sources(&req.sources)?, origin)?;
     let by_source = gw
-        .config
+        .config()
         .resource(&req.resource)
         .is_some_and(|r| r.protocol().identifies_by_source());
-    if by_source && sources.is_empty() {
-        let ip = origin.0.ok_or_else(|| {
-            ApiError::bad_request("cannot tell the address of this request: give sources")
-        })?;
-        sources.push(ipnet::IpNet::from(ip));
-    }
     let logins = match req.logins {
         Some(l) => l,
         None if by_source => Vec::new(),
         None => gw
-            .config
+            .config()
             .user(&req.principal)
             .map(|u| u.logins.clone())
             .unwrap_or_default(),
@@ -168,4 +187,18 @@ pub async fn kill_session(
         id,
         sessions_closed: n,
     }))
+}
+
+/// `POST /v1/reload` (admin): read the config file again and apply it.
+pub async fn reload(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+) -> Result<Json<crate::reload::Summary>, ApiError> {
+    caller.require(Role::Admin)?;
+    crate::reload::reload_file(&gw)
+        .await
+        .map(Json)
+        .map_err(|e| {
+            ApiError::bad_request(format!("configuration rejected, the old one stays: {e}"))
+        })
 }

@@ -4,16 +4,19 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::table;
 use super::ApiArgs;
-use crate::api::{Closed, CreateGrant, ErrorBody, GrantView, SessionView};
+use crate::api::{
+    ApproveBody, Closed, CreateGrant, CreateRequest, DenyBody, ErrorBody, ExplainView, ExtendBody,
+    GrantView, RequestView, SessionView,
+};
+use crate::config::HumanDuration;
+use crate::httpc::{self, Target};
 
 /// Give up on the API after this long (a revoke waits for sockets to close,
 /// which the server bounds at 10 s).
@@ -28,66 +31,47 @@ async fn call<T: DeserializeOwned>(
     path: &str,
     body: Option<&impl Serialize>,
 ) -> anyhow::Result<T> {
-    let base: Uri = api
-        .admin_url
-        .parse()
-        .with_context(|| format!("invalid --admin-url {:?}", api.admin_url))?;
-    if base.scheme_str() != Some("http") {
-        bail!("--admin-url must start with http:// (TLS for the admin API is not available in this version)");
-    }
-    let authority = base
-        .authority()
-        .ok_or_else(|| anyhow!("--admin-url {:?} has no host", api.admin_url))?
-        .clone();
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
-    let prefix = base.path().trim_end_matches('/');
+    let target = Target::parse_with_ca(&api.admin_url, api.ca.as_deref()).map_err(|e| match e {
+        httpc::HttpError::Url(_) => anyhow!(
+            "--admin-url {:?} must be http://host[:port] or https://host[:port]",
+            api.admin_url
+        ),
+        e => anyhow!("{e}"),
+    })?;
     let token = api
         .token
         .as_deref()
         .ok_or_else(|| anyhow!("no API token: set JITGATE_TOKEN or pass --token"))?;
-
-    let fut = async {
-        let stream = tokio::net::TcpStream::connect((host, port))
-            .await
-            .with_context(|| format!("cannot reach the admin API at {}", api.admin_url))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let bytes = match body {
-            Some(b) => Bytes::from(serde_json::to_vec(b)?),
-            None => Bytes::new(),
-        };
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("{prefix}{path}"))
-            .header(hyper::header::HOST, authority.as_str())
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(bytes))?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| anyhow!("reading the API's answer: {e}"))?
-            .to_bytes();
-        if !status.is_success() {
-            let msg = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
-            bail!("{msg} (HTTP {})", status.as_u16());
-        }
-        serde_json::from_slice::<T>(&body).context("the API's answer is not the expected JSON")
+    let bytes = match body {
+        Some(b) => Bytes::from(serde_json::to_vec(b)?),
+        None => Bytes::new(),
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, fut)
-        .await
-        .map_err(|_| anyhow!("the admin API did not answer within {REQUEST_TIMEOUT:?}"))?
+    let prefix = target.path().trim_end_matches('/');
+    let headers = [
+        ("authorization", format!("Bearer {token}")),
+        ("content-type", "application/json".to_string()),
+    ];
+    let (status, body) = httpc::call(
+        &target,
+        method,
+        &format!("{prefix}{path}"),
+        &headers,
+        bytes,
+        REQUEST_TIMEOUT,
+        MAX_RESPONSE,
+    )
+    .await
+    .map_err(|e| match e {
+        httpc::HttpError::Timeout(t) => anyhow!("the admin API did not answer within {t:?}"),
+        e => anyhow!("cannot reach the admin API at {}: {e}", api.admin_url),
+    })?;
+    if !(200..300).contains(&status) {
+        let msg = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
+        bail!("{msg} (HTTP {status})");
+    }
+    serde_json::from_slice::<T>(&body).context("the API's answer is not the expected JSON")
 }
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
@@ -178,16 +162,7 @@ fn with_reason(path: String, reason: &str) -> String {
     if reason.is_empty() {
         return path;
     }
-    let encoded: String = reason
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    format!("{path}?reason={encoded}")
+    format!("{path}?reason={}", query_value(reason))
 }
 
 /// `jitgate revoke`.
@@ -269,4 +244,196 @@ fn path_segment(id: &str) -> anyhow::Result<&str> {
         bail!("{id:?} is not a valid id");
     }
     Ok(id)
+}
+
+fn print_request(r: &RequestView) {
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    match r.state {
+        crate::requests::RequestState::Approved => {
+            let grant = r.grant_id.map(|g| g.to_string()).unwrap_or_default();
+            if r.approvals.is_empty() {
+                println!(
+                    "request {} auto-approved by policy {}: grant {grant} for {}",
+                    r.id, r.policy, r.duration
+                );
+            } else {
+                println!(
+                    "request {} approved: grant {grant} for {}",
+                    r.id, r.duration
+                );
+            }
+        }
+        crate::requests::RequestState::Pending => println!(
+            "request {} pending: {}/{} approval(s) from {} (policy {}, expires {})",
+            r.id,
+            r.approvals.len(),
+            r.approvals_needed,
+            r.approvers.join(", "),
+            r.policy,
+            when(&r.expires_at)
+        ),
+        crate::requests::RequestState::Denied => println!(
+            "request {} denied by {}: {}",
+            r.id,
+            r.denied_by.as_deref().unwrap_or("?"),
+            r.deny_reason.as_deref().unwrap_or("")
+        ),
+        crate::requests::RequestState::Expired => println!("request {} expired", r.id),
+    }
+}
+
+/// `jitgate request`.
+pub async fn request(api: &ApiArgs, body: CreateRequest) -> anyhow::Result<()> {
+    let r: RequestView = call(api, Method::POST, "/v1/requests", Some(&body)).await?;
+    if api.json {
+        return print_json(&r);
+    }
+    print_request(&r);
+    Ok(())
+}
+
+/// `jitgate requests`.
+pub async fn requests(api: &ApiArgs, pending: bool) -> anyhow::Result<()> {
+    let path = if pending {
+        "/v1/requests?state=pending"
+    } else {
+        "/v1/requests"
+    };
+    let v: Vec<RequestView> = call(api, Method::GET, path, None::<&()>).await?;
+    if api.json {
+        return print_json(&v);
+    }
+    if v.is_empty() {
+        println!("no requests");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.kind.clone(),
+                r.principal.clone(),
+                r.resource.clone(),
+                format!("{:?}", r.state).to_lowercase(),
+                r.duration.to_string(),
+                format!("{}/{}", r.approvals.len(), r.approvals_needed),
+                r.policy.clone(),
+                r.reason.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "ID",
+                "KIND",
+                "PRINCIPAL",
+                "RESOURCE",
+                "STATE",
+                "FOR",
+                "APPROVALS",
+                "POLICY",
+                "REASON"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// `jitgate approve`.
+pub async fn approve(api: &ApiArgs, id: &str, comment: String) -> anyhow::Result<()> {
+    let path = format!("/v1/requests/{}/approve", path_segment(id)?);
+    let r: RequestView = call(api, Method::POST, &path, Some(&ApproveBody { comment })).await?;
+    if api.json {
+        return print_json(&r);
+    }
+    print_request(&r);
+    Ok(())
+}
+
+/// `jitgate deny`.
+pub async fn deny(api: &ApiArgs, id: &str, reason: String) -> anyhow::Result<()> {
+    let path = format!("/v1/requests/{}/deny", path_segment(id)?);
+    let r: RequestView = call(api, Method::POST, &path, Some(&DenyBody { reason })).await?;
+    if api.json {
+        return print_json(&r);
+    }
+    print_request(&r);
+    Ok(())
+}
+
+/// `jitgate extend`.
+pub async fn extend(
+    api: &ApiArgs,
+    id: &str,
+    by: HumanDuration,
+    reason: String,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/grants/{}/extend", path_segment(id)?);
+    let r: RequestView = call(api, Method::POST, &path, Some(&ExtendBody { by, reason })).await?;
+    if api.json {
+        return print_json(&r);
+    }
+    print_request(&r);
+    Ok(())
+}
+
+/// `jitgate release`.
+pub async fn release(api: &ApiArgs, id: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/grants/{}/release", path_segment(id)?);
+    let c: Closed = call(api, Method::POST, &path, None::<&()>).await?;
+    if api.json {
+        return print_json(&c);
+    }
+    println!("released {}: {} session(s) closed", c.id, c.sessions_closed);
+    Ok(())
+}
+
+fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `jitgate policy explain`.
+pub async fn explain(
+    api: &ApiArgs,
+    principal: &str,
+    resource: &str,
+    at: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut path = format!(
+        "/v1/policy/explain?principal={}&resource={}",
+        query_value(principal),
+        query_value(resource)
+    );
+    if let Some(at) = at {
+        path.push_str(&format!("&at={}", query_value(at)));
+    }
+    let v: ExplainView = call(api, Method::GET, &path, None::<&()>).await?;
+    if api.json {
+        return print_json(&v);
+    }
+    println!("{} asking for {} at {}:", v.principal, v.resource, v.at);
+    for line in &v.explain {
+        println!("  {line}");
+    }
+    if !v.allowed {
+        return Err(anyhow!(
+            "no policy lets {} request {}",
+            v.principal,
+            v.resource
+        ));
+    }
+    Ok(())
 }

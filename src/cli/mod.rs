@@ -2,6 +2,7 @@
 //! talk to the admin API. Errors are one clear line on stderr and a
 //! non-zero exit code; tables for people, `--json` for scripts.
 
+mod audit;
 mod client;
 mod serve;
 mod table;
@@ -40,6 +41,10 @@ pub struct ApiArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// PEM CA certificate that signed the admin API's certificate (for an
+    /// https:// admin URL).
+    #[arg(long, global = true, env = "JITGATE_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 /// Log line format.
@@ -88,6 +93,68 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Ask for access; prints the request id and its state.
+    Request {
+        /// The resource.
+        resource: String,
+        /// How long, e.g. 30m or 2h (capped by policy).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: HumanDuration,
+        /// Why (most policies require one).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Database login (repeatable); default: all the policy allows you.
+        #[arg(long = "login", value_name = "NAME")]
+        logins: Vec<String>,
+        /// Client network (CIDR or address) to admit (repeatable). ssh/tcp
+        /// resources: who is admitted, by default the address the admin API
+        /// sees this command come from. postgres/mysql: an optional restriction.
+        #[arg(long = "source", value_name = "CIDR")]
+        sources: Vec<String>,
+    },
+    /// List access requests (approvers see all, requesters their own).
+    Requests {
+        /// Only pending requests.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Approve a request (you cannot approve your own).
+    Approve {
+        /// The request's id.
+        request_id: String,
+        /// A comment for the audit log.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Deny a request.
+    Deny {
+        /// The request's id.
+        request_id: String,
+        /// Why (required, shown to the requester).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Ask for more time on your grant (goes through the same policy).
+    Extend {
+        /// The grant's id.
+        grant_id: String,
+        /// How much longer, e.g. 30m.
+        #[arg(long, value_name = "DURATION")]
+        by: HumanDuration,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// End your own access now (its sessions are closed before this returns).
+    Release {
+        /// The grant's id.
+        grant_id: String,
+    },
+    /// Policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// List grants.
     Grants,
     /// Revoke a grant: every session on it is closed before this returns.
@@ -112,6 +179,44 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// The audit log (offline: no gateway needed).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain across FILEs in order (rotated files oldest
+    /// first, then audit.jsonl; a directory stands for all of its audit
+    /// files). Prints `OK: N records` (exit 0) or the first broken line as
+    /// FILE:LINE (exit 1); exit 2 if a file cannot be read.
+    Verify {
+        /// Audit files, or state directories.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The hash the first record must follow, when the files do not
+        /// start at the beginning of the log (the last hash printed when
+        /// the earlier files were verified). Default: 64 zeros.
+        #[arg(long, value_name = "HASH")]
+        after: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Which policy applies to PRINCIPAL asking for RESOURCE, what duration
+    /// and approvals it would demand, and why.
+    Explain {
+        /// The user.
+        principal: String,
+        /// The resource.
+        resource: String,
+        /// Evaluate at this time (RFC 3339, e.g. 2026-12-01T22:00:00Z); default now.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
 }
 
@@ -147,6 +252,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, log_format } => return serve::run(&config, log_format),
         Command::CheckConfig { file } => return Ok(check_config(&file)),
+        Command::Audit {
+            command: AuditCommand::Verify { files, after },
+        } => return Ok(audit::verify(&files, after.as_deref())),
         Command::Token {
             command: TokenCommand::New { name },
         } => {
@@ -171,6 +279,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(client::grant(&api, body))
         }
+        Command::Request {
+            resource,
+            duration,
+            reason,
+            logins,
+            sources,
+        } => {
+            let body = crate::api::CreateRequest {
+                resource,
+                duration,
+                reason,
+                logins: (!logins.is_empty()).then_some(logins),
+                sources,
+            };
+            runtime()?.block_on(client::request(&api, body))
+        }
+        Command::Requests { pending } => runtime()?.block_on(client::requests(&api, pending)),
+        Command::Approve {
+            request_id,
+            comment,
+        } => runtime()?.block_on(client::approve(&api, &request_id, comment)),
+        Command::Deny { request_id, reason } => {
+            runtime()?.block_on(client::deny(&api, &request_id, reason))
+        }
+        Command::Extend {
+            grant_id,
+            by,
+            reason,
+        } => runtime()?.block_on(client::extend(&api, &grant_id, by, reason)),
+        Command::Release { grant_id } => runtime()?.block_on(client::release(&api, &grant_id)),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    principal,
+                    resource,
+                    at,
+                },
+        } => runtime()?.block_on(client::explain(&api, &principal, &resource, at.as_deref())),
         Command::Grants => runtime()?.block_on(client::grants(&api)),
         Command::Revoke { grant_id, reason } => {
             runtime()?.block_on(client::revoke(&api, &grant_id, &reason))

@@ -86,6 +86,8 @@ pub fn parse_str(src: &str, file: &str) -> Result<Config, ConfigErrors> {
         }
     };
     validate(&config, &mut errs);
+    validate_workflow(&config, &mut errs);
+    validate_tls(&config, &mut errs);
     if errs.list.is_empty() {
         Ok(config)
     } else {
@@ -157,6 +159,12 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
             "gateway.relay_buffer_size must be between 1024 and 1048576".into(),
         );
     }
+    if g.audit_rotate_bytes != 0 && g.audit_rotate_bytes < 4096 {
+        errs.push(
+            0..0,
+            "gateway.audit_rotate_bytes must be 0 (never rotate) or at least 4096".into(),
+        );
+    }
 
     let mut names = HashSet::new();
     let mut listens = HashSet::new();
@@ -177,11 +185,17 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
             );
         }
         if !r.protocol().is_supported() {
+            let supported: Vec<&str> = Protocol::ALL
+                .iter()
+                .filter(|p| p.is_supported())
+                .map(|p| p.as_str())
+                .collect();
             errs.push(
                 r.protocol.span(),
                 format!(
-                    "protocol {:?} is not supported by this build yet (supported: postgres, ssh, tcp)",
-                    r.protocol().as_str()
+                    "protocol {:?} is not supported by this build yet (supported: {})",
+                    r.protocol().as_str(),
+                    supported.join(", ")
                 ),
             );
         }
@@ -193,6 +207,16 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
                     r.protocol().as_str()
                 ),
             );
+        }
+        if let Some(k) = &r.kill_account {
+            if r.protocol() != Protocol::Mysql {
+                errs.push(
+                    k.span(),
+                    "kill_account applies to protocol \"mysql\" only".into(),
+                );
+            } else if k.get_ref().user.is_empty() || k.get_ref().user.contains('\0') {
+                errs.push(k.span(), "kill_account.user must be non-empty text".into());
+            }
         }
         let listen = r.listen();
         if listen.port() != 0 && !listens.insert(listen) {
@@ -256,6 +280,218 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
     }
 }
 
+fn validate_workflow(c: &Config, errs: &mut Errors<'_>) {
+    if c.gateway.request_ttl.0.is_zero() {
+        errs.push(0..0, "gateway.request_ttl must be greater than 0s".into());
+    }
+    let mut groups = HashSet::new();
+    for g in &c.groups {
+        if !valid_name(g.name.get_ref()) {
+            errs.push(
+                g.name.span(),
+                format!(
+                    "group name {:?} must be 1-64 letters, digits, '-', '_' or '.'",
+                    g.name.get_ref()
+                ),
+            );
+        }
+        if !groups.insert(g.name.get_ref().as_str()) {
+            errs.push(
+                g.name.span(),
+                format!("duplicate group name {:?}", g.name.get_ref()),
+            );
+        }
+        for m in &g.members {
+            if c.user(m.get_ref()).is_none() {
+                errs.push(
+                    m.span(),
+                    format!(
+                        "group {:?}: no user named {:?}",
+                        g.name.get_ref(),
+                        m.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+    let member_ref = |r: &toml::Spanned<String>, what: &str, errs: &mut Errors<'_>| {
+        let name = r.get_ref();
+        let known = match name.strip_prefix("group:") {
+            Some(g) => c.group(g).is_some(),
+            None => c.user(name).is_some(),
+        };
+        if !known {
+            errs.push(r.span(), format!("{what}: no user or group named {name:?}"));
+        }
+    };
+    let mut policies = HashSet::new();
+    for p in &c.policies {
+        let pn = p.name();
+        if !valid_name(pn) {
+            errs.push(
+                p.name.span(),
+                format!("policy name {pn:?} must be 1-64 letters, digits, '-', '_' or '.'"),
+            );
+        }
+        if !policies.insert(pn) {
+            errs.push(p.name.span(), format!("duplicate policy name {pn:?}"));
+        }
+        if p.principals.is_empty() {
+            errs.push(
+                p.name.span(),
+                format!("policy {pn:?}: principals must not be empty"),
+            );
+        }
+        for r in &p.principals {
+            member_ref(r, &format!("policy {pn:?} principals"), errs);
+        }
+        if p.resources.is_empty() {
+            errs.push(
+                p.name.span(),
+                format!("policy {pn:?}: resources must not be empty"),
+            );
+        }
+        for r in &p.resources {
+            if c.resource(r.get_ref()).is_none() {
+                errs.push(
+                    r.span(),
+                    format!("policy {pn:?}: no resource named {:?}", r.get_ref()),
+                );
+            }
+        }
+        for r in &p.approvers {
+            member_ref(r, &format!("policy {pn:?} approvers"), errs);
+        }
+        if p.max_duration.get_ref().0.is_zero() {
+            errs.push(
+                p.max_duration.span(),
+                format!("policy {pn:?}: max_duration must be greater than 0s"),
+            );
+        }
+        let needed = *p.approvals.get_ref() as usize;
+        let approvers = c.expand_members(p.approvers.iter().map(|a| a.get_ref().as_str()));
+        let most = p.when.iter().filter_map(|w| w.approvals).max().unwrap_or(0) as usize;
+        if needed.max(most) > approvers.len() {
+            errs.push(
+                p.approvals.span(),
+                format!(
+                    "policy {pn:?}: needs up to {} distinct approvals but lists {} approver(s)",
+                    needed.max(most),
+                    approvers.len()
+                ),
+            );
+        }
+        for w in &p.when {
+            if w.hours.is_some() && w.outside_hours.is_some() {
+                let span = w.hours.as_ref().map(|h| h.span()).unwrap_or(0..0);
+                errs.push(
+                    span,
+                    format!("policy {pn:?}: a rule takes hours or outside_hours, not both"),
+                );
+            }
+            if w.max_duration.is_some_and(|d| d.0.is_zero()) {
+                errs.push(
+                    p.name.span(),
+                    format!("policy {pn:?}: a rule's max_duration must be greater than 0s"),
+                );
+            }
+        }
+    }
+    for r in &c.resources {
+        if let Some(s) = &r.sensitivity {
+            if !c.sensitivity.contains_key(s.get_ref()) {
+                errs.push(s.span(), format!("no [sensitivity.{}] table", s.get_ref()));
+            }
+        }
+    }
+    for n in &c.notify {
+        let url = n.url.get_ref();
+        if !url.starts_with("http://")
+            || url
+                .parse::<axum::http::Uri>()
+                .map_or(true, |u| u.host().is_none())
+        {
+            errs.push(n.url.span(), format!("notify url {url:?} must be http://host[:port]/path (https is not supported yet)"));
+        }
+        for e in &n.events {
+            if !super::policy::NOTIFY_EVENTS.contains(&e.get_ref().as_str()) {
+                errs.push(
+                    e.span(),
+                    format!(
+                        "unknown notify event {:?} (known: {})",
+                        e.get_ref(),
+                        super::policy::NOTIFY_EVENTS.join(", ")
+                    ),
+                );
+            }
+        }
+        if n.queue == 0 || n.attempts == 0 || n.timeout.0.is_zero() {
+            errs.push(
+                n.url.span(),
+                "notify: queue, attempts and timeout must be greater than 0".into(),
+            );
+        }
+    }
+}
+
+fn validate_tls(c: &Config, errs: &mut Errors<'_>) {
+    use super::{BackendTlsMode, TlsIdentity};
+    let check = |t: &super::TlsConfig, what: &str, errs: &mut Errors<'_>| {
+        if let Err(e) = crate::tls::server_config(t, &[]) {
+            errs.push(t.cert.span(), format!("{what}: {e}"));
+        }
+        if t.identity == TlsIdentity::Certificate && t.client_ca.is_none() {
+            errs.push(
+                t.cert.span(),
+                format!("{what}: identity = \"certificate\" needs client_ca"),
+            );
+        }
+    };
+    if let Some(t) = &c.gateway.admin_tls {
+        check(t, "gateway.admin_tls", errs);
+    }
+    for r in &c.resources {
+        if r.protocol().identifies_by_source() {
+            // ssh and tcp streams are passed through as they are; a TLS
+            // table there would be silently ignored, so it is an error.
+            let what = r.protocol().as_str();
+            if let Some(t) = &r.tls {
+                errs.push(
+                    t.cert.span(),
+                    format!(
+                        "resource {:?}: [resource.tls] is not available on {what} resources",
+                        r.name()
+                    ),
+                );
+            }
+            if r.backend_tls.is_some() {
+                errs.push(
+                    r.backend.span(),
+                    format!("resource {:?}: [resource.backend_tls] is not available on {what} resources", r.name()),
+                );
+            }
+            continue;
+        }
+        if let Some(t) = &r.tls {
+            check(t, &format!("resource {:?} tls", r.name()), errs);
+        }
+        if let Some(b) = &r.backend_tls {
+            if b.mode == BackendTlsMode::VerifyFull && b.ca.is_none() {
+                errs.push(
+                    r.backend.span(),
+                    format!(
+                        "resource {:?}: backend_tls mode verify-full needs `ca`",
+                        r.name()
+                    ),
+                );
+            } else if let Err(e) = crate::tls::backend_tls(Some(b), r.backend()) {
+                let span = b.ca.as_ref().map_or_else(|| r.backend.span(), |c| c.span());
+                errs.push(span, format!("resource {:?} backend_tls: {e}", r.name()));
+            }
+        }
+    }
+}
+
 fn backend_looks_valid(b: &str) -> bool {
     match b.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
@@ -306,9 +542,12 @@ backend = "127.0.0.1:5432"
 
 [[resource]]
 name = "pg"
-protocol = "mysql"
+protocol = "postgres"
 listen = "127.0.0.1:7000"
 backend = "nowhere"
+
+[resource.kill_account]
+user = "k"
 "#;
         let e = parse_str(src, "f.toml").unwrap_err();
         let text = e.to_string();
@@ -317,7 +556,7 @@ backend = "nowhere"
             "{text}"
         );
         assert!(
-            text.contains("f.toml:10:12: protocol \"mysql\" is not supported"),
+            text.contains("f.toml:14:1: kill_account applies to protocol \"mysql\" only"),
             "{text}"
         );
         assert!(
@@ -375,6 +614,14 @@ send_proxy_protocol = true
             e.contains("f.toml:3:19: \"10.0.0.0/40\" is not a CIDR"),
             "{e}"
         );
+        let tls = "[[resource]]\nname = \"t\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:7003\"\nbackend = \"h:1\"\n[resource.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let e = parse_str(tls, "f.toml").unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "f.toml:7:8: resource \"t\": [resource.tls] is not available on tcp resources"
+            ),
+            "{e}"
+        );
         let bad = bad.replace("[\"10.0.0.0/40\"]", "[]");
         let e = parse_str(&bad, "f.toml").unwrap_err().to_string();
         assert!(
@@ -383,6 +630,47 @@ send_proxy_protocol = true
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn unsupported_protocols_are_named_with_the_supported_ones() {
+        let Some(p) = Protocol::ALL.iter().find(|p| !p.is_supported()) else {
+            return; // every protocol is supported: nothing to refuse
+        };
+        let src = format!(
+            "[[resource]]\nname = \"x\"\nprotocol = \"{}\"\nlisten = \"127.0.0.1:7001\"\nbackend = \"h:1\"\n",
+            p.as_str()
+        );
+        let text = parse_str(&src, "f.toml").unwrap_err().to_string();
+        assert!(text.contains("f.toml:3:12: protocol"), "{text}");
+        assert!(text.contains("(supported: postgres, mysql"), "{text}");
+    }
+
+    #[test]
+    fn a_mysql_kill_account_is_accepted_and_its_password_redacted() {
+        let src = "[[resource]]\nname = \"m\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:7002\"\nbackend = \"h:3306\"\n[resource.kill_account]\nuser = \"jitgate_kill\"\npassword = \"s3cret\"\n";
+        let c = parse_str(src, "f.toml").unwrap();
+        let k = c.resources[0].kill_account().unwrap();
+        assert_eq!(
+            (k.user.as_str(), k.password.expose()),
+            ("jitgate_kill", "s3cret")
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = parse_str(
+            include_str!("../../config.example.toml"),
+            "config.example.toml",
+        )
+        .unwrap();
+        let maria = c.resource("prod-maria").unwrap();
+        assert_eq!(maria.protocol(), Protocol::Mysql);
+        assert_eq!(maria.backend(), "127.0.0.1:3306");
+        assert!(maria.kill_account().is_some());
+        let alice = c.user("alice").unwrap();
+        assert!(alice.logins.iter().any(|l| l == "root"));
     }
 
     #[test]

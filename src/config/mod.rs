@@ -6,10 +6,14 @@
 //! and semantic checks live in [`load`]; errors carry file:line:column.
 
 mod load;
+mod policy;
 mod types;
 
 pub use load::{load_file, parse_str, ConfigError, ConfigErrors};
-pub use types::{Cidr, HumanDuration, TokenHash};
+pub use policy::{
+    GroupConfig, NotifyConfig, PolicyConfig, PolicyRule, SensitivityConfig, TimeWindow, Weekday,
+};
+pub use types::{Cidr, HumanDuration, Secret, TokenHash};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +35,21 @@ pub struct Config {
     /// `[[user]]`: people and scripts that talk to the admin API. Default: none.
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// `[[group]]`: named sets of users for policies. Default: none.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupConfig>,
+    /// `[[policy]]`: who may request what, for how long, approved by whom.
+    /// The first policy (in file order) that matches a principal and a
+    /// resource applies. Default: none (nobody can request access).
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+    /// `[sensitivity.NAME]`: defaults that tighten every policy on a
+    /// resource with `sensitivity = "NAME"`. Default: none.
+    #[serde(default)]
+    pub sensitivity: std::collections::BTreeMap<String, SensitivityConfig>,
+    /// `[[notify]]`: webhook sinks for workflow events. Default: none.
+    #[serde(default, rename = "notify")]
+    pub notify: Vec<NotifyConfig>,
 }
 
 /// `[gateway]`.
@@ -64,6 +83,21 @@ pub struct GatewayConfig {
     /// address (the default source of an ssh/tcp grant). Default: none (the
     /// TCP peer's address is used, and the header is ignored).
     pub trusted_proxies: Vec<Cidr>,
+    /// A pending access request not fully approved by then expires. Default `1h`.
+    pub request_ttl: HumanDuration,
+    /// Rotate `audit.jsonl` before a record would take it past this many
+    /// bytes: it is renamed `audit-YYYYMMDDTHHMMSSmmmZ.jsonl` and the hash
+    /// chain continues in a new `audit.jsonl`. `0` = never. Default
+    /// `104857600` (100 MiB); at least 4096 unless 0.
+    pub audit_rotate_bytes: u64,
+    /// On SIGTERM/SIGINT, live sessions are told and closed; the process
+    /// exits after at most this long. Default `10s`.
+    pub shutdown_timeout: HumanDuration,
+    /// How often the config file is checked for changes (a change is
+    /// reloaded); `0s` = only on SIGHUP and `POST /v1/reload`. Default `2s`.
+    pub watch_interval: HumanDuration,
+    /// `[gateway.admin_tls]`: serve the admin API over HTTPS. Default: none.
+    pub admin_tls: Option<TlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -81,6 +115,11 @@ impl Default for GatewayConfig {
             relay_buffer_size: 8192,
             accept_proxy_protocol_from: Vec::new(),
             trusted_proxies: Vec::new(),
+            request_ttl: HumanDuration(Duration::from_secs(3600)),
+            audit_rotate_bytes: 100 << 20,
+            shutdown_timeout: HumanDuration(Duration::from_secs(10)),
+            watch_interval: HumanDuration(Duration::from_secs(2)),
+            admin_tls: None,
         }
     }
 }
@@ -113,7 +152,10 @@ impl Protocol {
 
     /// Whether this build can serve the protocol.
     pub fn is_supported(self) -> bool {
-        matches!(self, Protocol::Postgres | Protocol::Ssh | Protocol::Tcp)
+        matches!(
+            self,
+            Protocol::Postgres | Protocol::Mysql | Protocol::Ssh | Protocol::Tcp
+        )
     }
 
     /// Whether a client is identified by its source address (ssh, tcp)
@@ -121,6 +163,14 @@ impl Protocol {
     pub fn identifies_by_source(self) -> bool {
         matches!(self, Protocol::Ssh | Protocol::Tcp)
     }
+
+    /// Every protocol, in config order.
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Postgres,
+        Protocol::Mysql,
+        Protocol::Ssh,
+        Protocol::Tcp,
+    ];
 }
 
 /// `[[resource]]`: one guarded backend and the address clients use for it.
@@ -142,6 +192,24 @@ pub struct ResourceConfig {
     /// Hard cap on one session's length, whatever the grant says. Default `8h`.
     #[serde(default = "default_max_session")]
     pub max_session: Spanned<HumanDuration>,
+    /// Names a `[sensitivity.NAME]` table whose limits tighten every policy
+    /// on this resource. Default: none.
+    #[serde(default)]
+    pub sensitivity: Option<Spanned<String>>,
+    /// `[resource.tls]`: TLS on the client leg. Default: none (plaintext).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// `[resource.backend_tls]`: TLS towards the backend. Default: `disable`.
+    #[serde(default)]
+    pub backend_tls: Option<BackendTlsConfig>,
+    /// `[resource.kill_account]`, MySQL/MariaDB only: the backend account
+    /// jitgate logs in with, on a side connection, to run `KILL CONNECTION`
+    /// on a session's backend thread when jitgate ends the session, so the
+    /// statement it was running stops at once. Default: none (the backend
+    /// socket is still closed, but a running statement may go on until the
+    /// server notices).
+    #[serde(default)]
+    pub kill_account: Option<Spanned<KillAccount>>,
     /// Start each backend connection with a PROXY protocol version 2 header
     /// carrying the client's address, so the backend's logs show the real
     /// client (ssh and tcp resources; the backend must expect the header:
@@ -154,6 +222,86 @@ pub struct ResourceConfig {
     /// gateway's list.
     #[serde(default)]
     pub accept_proxy_protocol_from: Option<Vec<Cidr>>,
+}
+
+/// `[resource.tls]` / `[gateway.admin_tls]`: a certificate jitgate presents.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first). Required.
+    pub cert: Spanned<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: Spanned<PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate
+    /// signed by one of them. Default: none (no client certificates).
+    #[serde(default)]
+    pub client_ca: Option<Spanned<PathBuf>>,
+    /// Refuse clients that do not use TLS. Default `false`.
+    #[serde(default)]
+    pub require: bool,
+    /// `login`: the protocol's user name is the identity (the backend
+    /// authenticates it). `certificate`: the client certificate's subject CN
+    /// or a SAN must also equal the login (needs `client_ca`). Default `login`.
+    #[serde(default)]
+    pub identity: TlsIdentity,
+}
+
+/// Which identity a TLS client must prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsIdentity {
+    /// The protocol user name only.
+    #[default]
+    Login,
+    /// The certificate must name the login too.
+    Certificate,
+}
+
+/// `[resource.backend_tls]`: TLS from jitgate to the backend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// `disable` | `prefer` (TLS if the backend offers it, unverified) |
+    /// `require` (TLS, unverified) | `verify-full` (TLS, certificate
+    /// verified against `ca` and `server_name`). Default `disable`.
+    #[serde(default)]
+    pub mode: BackendTlsMode,
+    /// PEM CA certificates for `verify-full`. Required for `verify-full`.
+    #[serde(default)]
+    pub ca: Option<Spanned<PathBuf>>,
+    /// Name to verify the backend's certificate against. Default: the host
+    /// part of `backend`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// How jitgate uses TLS towards a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    /// Plaintext.
+    #[default]
+    Disable,
+    /// TLS when offered, certificate not verified.
+    Prefer,
+    /// TLS required, certificate not verified.
+    Require,
+    /// TLS required, certificate and name verified.
+    VerifyFull,
+}
+
+/// `[resource.kill_account]`: a backend login for `KILL CONNECTION`. It needs
+/// the right to kill other users' threads (MariaDB ≥ 10.5: `CONNECTION
+/// ADMIN`; older MariaDB and MySQL 5.7: `SUPER`; MySQL 8: `CONNECTION_ADMIN`)
+/// and `mysql_native_password` (or a cached `caching_sha2_password`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillAccount {
+    /// The backend login. Required.
+    pub user: String,
+    /// Its password (redacted in logs and `Debug`). Default: empty.
+    #[serde(default)]
+    pub password: Secret,
 }
 
 fn default_false() -> Spanned<bool> {
@@ -203,6 +351,10 @@ impl ResourceConfig {
         self.accept_proxy_protocol_from
             .as_deref()
             .unwrap_or(&gateway.accept_proxy_protocol_from)
+    }
+    /// The MySQL kill account, if configured.
+    pub fn kill_account(&self) -> Option<&KillAccount> {
+        self.kill_account.as_ref().map(|k| k.get_ref())
     }
 }
 
@@ -258,5 +410,29 @@ impl Config {
     /// The user called `name`.
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name() == name)
+    }
+    /// The group called `name`.
+    pub fn group(&self, name: &str) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.name.get_ref() == name)
+    }
+    /// Expand user names and `group:NAME` references to user names.
+    pub fn expand_members<'a>(
+        &'a self,
+        refs: impl IntoIterator<Item = &'a str>,
+    ) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for r in refs {
+            match r.strip_prefix("group:") {
+                Some(g) => {
+                    if let Some(g) = self.group(g) {
+                        out.extend(g.member_names().map(str::to_string));
+                    }
+                }
+                None => {
+                    out.insert(r.to_string());
+                }
+            }
+        }
+        out
     }
 }

@@ -141,6 +141,32 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// A secret from the configuration (a backend password): shown as
+/// `<redacted>` by `Debug` and `Display`, compared nowhere, read only where it
+/// is sent.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 impl<'de> Deserialize<'de> for TokenHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -180,6 +206,13 @@ mod tests {
         assert_eq!(v6.to_string(), "2001:db8::1/128");
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nowhere".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let s = Secret::from("hunter2");
+        assert_eq!(format!("{s:?}"), "<redacted>");
+        assert_eq!(s.expose(), "hunter2");
     }
 
     #[test]

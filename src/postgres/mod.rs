@@ -28,11 +28,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::admission::{self, Identity, Refusal};
-use crate::config::ResourceConfig;
+use crate::config::{BackendTlsMode, ResourceConfig, TlsIdentity};
+use crate::conn::Conn;
 use crate::ending::EndReason;
 use crate::gateway::Gateway;
 use crate::metrics::{self as m, Outcome};
 use crate::relay::{self, RelayParams};
+use crate::tls::{BackendTls, ServerTls};
 
 /// At most this many SSL/GSSENC negotiation requests before the startup
 /// message (libpq sends at most one of each).
@@ -53,6 +55,8 @@ enum StartupFailure {
     Timeout,
     #[error("i/o error during startup: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(String),
 }
 
 enum Startup {
@@ -65,16 +69,18 @@ enum Startup {
 pub async fn handle(
     gw: Arc<Gateway>,
     resource: Arc<ResourceConfig>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
 ) {
     let accepted = Instant::now();
     let name = resource.name().to_string();
-    let timeout = gw.config.gateway.handshake_timeout.0;
+    let timeout = gw.config().gateway.handshake_timeout.0;
     let auth_deadline = tokio::time::Instant::now() + timeout;
+    let tls = gw.listeners.tls(&name);
+    let mut conn = Some(Conn::Plain(client));
 
     let startup = tokio::select! {
-        r = tokio::time::timeout(timeout, read_startup(&gw, &mut client)) => {
+        r = tokio::time::timeout(timeout, read_startup(&gw, tls.as_deref(), &mut conn)) => {
             r.unwrap_or(Err(StartupFailure::Timeout))
         }
         _ = gw.shutdown.cancelled() => return,
@@ -97,11 +103,53 @@ pub async fn handle(
                 StartupFailure::Protocol(p) => p.sqlstate(),
                 _ => "08P01",
             };
-            let _ = send_fatal(&mut client, code, &format!("jitgate: {e}"), None).await;
+            if let Some(c) = conn.as_mut() {
+                let _ = send_fatal(c, code, &format!("jitgate: {e}"), None).await;
+            }
             return;
         }
     };
+    let Some(mut client) = conn else { return };
     let login = msg.user().unwrap_or_default().to_string();
+
+    // A grant opens SQL sessions; a replication connection would stream
+    // the whole database (or its WAL) out. Refused, whoever asks.
+    if msg.get("replication").is_some_and(|v| {
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        )
+    }) {
+        m::connection(&name, "postgres", Outcome::Denied);
+        m::handshake(accepted.elapsed());
+        let text = "jitgate: replication connections are not allowed through jitgate";
+        let _ = send_fatal(&mut client, "28000", text, None).await;
+        return;
+    }
+
+    // TLS policy of the resource, before the grant table is consulted.
+    if let Some(t) = &tls {
+        let refusal = if t.settings.require && !client.is_tls() {
+            Some(format!(
+                "jitgate: {name} requires TLS (connect with sslmode=require)"
+            ))
+        } else if t.settings.identity == TlsIdentity::Certificate
+            && !certificate_names_login(&client, &login)
+        {
+            Some(format!(
+                "jitgate: the client certificate does not name login {login:?}"
+            ))
+        } else {
+            None
+        };
+        if let Some(text) = refusal {
+            m::connection(&name, "postgres", Outcome::Denied);
+            m::handshake(accepted.elapsed());
+            tracing::info!(%peer, resource = %name, login = %login, reason = %text, "session refused by the TLS policy");
+            let _ = send_fatal(&mut client, "28000", &text, None).await;
+            return;
+        }
+    }
 
     // Admission, before any byte reaches the backend.
     let admitted = match admission::admit(&gw, &resource, Identity::Login(&login), peer, accepted) {
@@ -125,7 +173,8 @@ pub async fn handle(
     };
     let session = admitted.session.clone();
 
-    let mut backend = match crate::conn::dial(&gw, &resource).await {
+    let backend_tls = gw.listeners.backend_tls(&name);
+    let mut backend = match connect_backend(&gw, &resource, backend_tls.as_deref()).await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(resource = %name, error = %e, "backend unreachable");
@@ -157,7 +206,7 @@ pub async fn handle(
     };
     let mut out = BytesMut::new();
     pg::encode_startup(&forward, &mut out);
-    if backend.write_all(&out).await.is_err() {
+    if backend.write_all(&out).await.is_err() || backend.flush().await.is_err() {
         drop(admitted.guard);
         gw.on_session_ended(&session, &EndReason::Backend, None);
         return;
@@ -176,13 +225,13 @@ pub async fn handle(
         session: session.clone(),
         idle: resource.idle_timeout(),
         warnings: gw
-            .config
+            .config()
             .gateway
             .expiry_warnings
             .iter()
             .map(|d| d.0)
             .collect(),
-        buffer_size: gw.config.gateway.relay_buffer_size,
+        buffer_size: gw.config().gateway.relay_buffer_size,
         handshake_deadline: Some(auth_deadline),
     };
     let wire = wire::PgWire::new(gw.cancel_keys.clone(), resource.backend().to_string());
@@ -191,8 +240,58 @@ pub async fn handle(
     gw.on_session_ended(&session, &reason, since);
 }
 
+/// Whether the TLS client certificate names `login` (CN or a SAN).
+fn certificate_names_login(client: &Conn, login: &str) -> bool {
+    let Conn::TlsServer(s) = client else {
+        return false;
+    };
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .is_some_and(|leaf| {
+            crate::tls::certificate_names(leaf)
+                .iter()
+                .any(|n| n == login)
+        })
+}
+
+async fn connect_backend(
+    gw: &Gateway,
+    resource: &ResourceConfig,
+    tls: Option<&BackendTls>,
+) -> std::io::Result<Conn> {
+    let t = gw.config().gateway.backend_connect_timeout.0;
+    let fut = async {
+        let mut s = TcpStream::connect(resource.backend()).await?;
+        s.set_nodelay(true)?;
+        let Some(tls) = tls.filter(|t| t.mode != BackendTlsMode::Disable) else {
+            return Ok(Conn::Plain(s));
+        };
+        // SSLRequest, then 'S' (TLS follows) or 'N' (plaintext only).
+        let mut req = BytesMut::new();
+        pg::encode_ssl_request(&mut req);
+        s.write_all(&req).await?;
+        let mut answer = [0u8; 1];
+        s.read_exact(&mut answer).await?;
+        match (answer[0], tls.mode, &tls.config) {
+            (b'S', _, Some(cfg)) => {
+                let stream = tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(tls.server_name.clone(), s)
+                    .await?;
+                Ok(Conn::TlsClient(Box::new(stream)))
+            }
+            (b'N', BackendTlsMode::Prefer, _) => Ok(Conn::Plain(s)),
+            _ => Err(std::io::Error::other("the backend refused TLS")),
+        }
+    };
+    tokio::time::timeout(t, fut)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
 async fn send_fatal(
-    client: &mut TcpStream,
+    client: &mut Conn,
     code: &str,
     message: &str,
     hint: Option<&str>,
@@ -212,18 +311,41 @@ async fn send_fatal(
     client.shutdown().await
 }
 
-/// The startup loop. Returns the StartupMessage, or `Cancelled` after
-/// forwarding a cancel request.
-async fn read_startup(gw: &Gateway, client: &mut TcpStream) -> Result<Startup, StartupFailure> {
+/// The startup loop over `conn` (taken and replaced by its TLS form on an
+/// accepted SSLRequest or a direct TLS handshake). Returns the
+/// StartupMessage, or `Cancelled` after forwarding a cancel request.
+async fn read_startup(
+    gw: &Gateway,
+    tls: Option<&ServerTls>,
+    conn: &mut Option<Conn>,
+) -> Result<Startup, StartupFailure> {
     let mut buf = BytesMut::with_capacity(512);
     let mut negotiations = 0usize;
+    // PostgreSQL 17 direct TLS: the first byte is a TLS handshake record.
+    if let Some(Conn::Plain(tcp)) = conn.as_ref() {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 0 {
+            return Err(StartupFailure::Closed);
+        }
+        if first[0] == 0x16 {
+            let Some(tls) = tls else {
+                return Err(StartupFailure::Tls(
+                    "TLS is not configured for this resource".into(),
+                ));
+            };
+            upgrade(conn, tls, true).await?;
+        }
+    }
     loop {
+        let Some(c) = conn.as_mut() else {
+            return Err(StartupFailure::Closed);
+        };
         match pg::decode_startup(&mut buf)? {
             None => {
                 // decode_startup has checked the announced length, so the
                 // buffer never grows past MAX_STARTUP_PACKET_LEN.
                 buf.reserve(1024);
-                if client.read_buf(&mut buf).await? == 0 {
+                if c.read_buf(&mut buf).await? == 0 {
                     return Err(StartupFailure::Closed);
                 }
             }
@@ -238,17 +360,23 @@ async fn read_startup(gw: &Gateway, client: &mut TcpStream) -> Result<Startup, S
                     return Err(StartupFailure::Pipelined(what));
                 }
                 negotiations += 1;
-                if negotiations > MAX_NEGOTIATIONS {
+                if negotiations > MAX_NEGOTIATIONS || c.is_tls() {
                     return Err(StartupFailure::TooManyNegotiations);
                 }
-                client.write_all(&[pg::SSL_NOT_SUPPORTED]).await?;
+                match (req, tls) {
+                    (StartupRequest::Ssl, Some(tls)) => {
+                        c.write_all(b"S").await?;
+                        upgrade(conn, tls, false).await?;
+                    }
+                    _ => c.write_all(&[pg::SSL_NOT_SUPPORTED]).await?,
+                }
             }
             Some(StartupRequest::Cancel {
                 process_id,
                 secret_key,
             }) => {
                 if let Some(target) = gw.cancel_keys.lookup(process_id, secret_key) {
-                    let t = gw.config.gateway.backend_connect_timeout.0;
+                    let t = gw.config().gateway.backend_connect_timeout.0;
                     if let Err(e) = cancel::send_cancel(&target, t).await {
                         tracing::warn!(error = %e, "forwarding a cancel request failed");
                     }
@@ -260,4 +388,29 @@ async fn read_startup(gw: &Gateway, client: &mut TcpStream) -> Result<Startup, S
             Some(StartupRequest::Startup(msg)) => return Ok(Startup::Message(msg)),
         }
     }
+}
+
+/// Run the server side of a TLS handshake on the plaintext `conn`.
+/// `direct`: PostgreSQL 17 `sslnegotiation=direct`, which requires ALPN
+/// `postgresql`.
+async fn upgrade(
+    conn: &mut Option<Conn>,
+    tls: &ServerTls,
+    direct: bool,
+) -> Result<(), StartupFailure> {
+    let Some(Conn::Plain(tcp)) = conn.take() else {
+        return Err(StartupFailure::Tls("TLS requested twice".into()));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let stream = acceptor
+        .accept(tcp)
+        .await
+        .map_err(|e| StartupFailure::Tls(format!("TLS handshake failed: {e}")))?;
+    if direct && stream.get_ref().1.alpn_protocol() != Some(b"postgresql".as_slice()) {
+        return Err(StartupFailure::Tls(
+            "direct TLS connections must negotiate ALPN \"postgresql\"".into(),
+        ));
+    }
+    *conn = Some(Conn::TlsServer(Box::new(stream)));
+    Ok(())
 }

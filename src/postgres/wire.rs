@@ -34,6 +34,12 @@ pub struct PgWire {
     backend_addr: String,
     cancel_guard: Option<CancelKeyGuard>,
     cancel_target: Option<CancelTarget>,
+    /// The client has sent bytes since the last ReadyForQuery: a statement
+    /// may be running (pipelined statements sent before a ReadyForQuery
+    /// arrives can be missed; the cost is a statement that runs to its end).
+    busy: bool,
+    /// A CancelRequest was already sent.
+    cancelled: bool,
 }
 
 impl PgWire {
@@ -46,6 +52,8 @@ impl PgWire {
             backend_addr,
             cancel_guard: None,
             cancel_target: None,
+            busy: false,
+            cancelled: false,
         }
     }
 }
@@ -96,6 +104,9 @@ impl Wire for PgWire {
             .framer
             .feed(chunk)
             .map_err(|e| WireError(e.to_string()))?;
+        if r.last_tag == Some(b'Z') && self.framer.at_boundary() {
+            self.busy = false;
+        }
         Ok(Boundaries {
             first: r.first_boundary,
             last: r.last_boundary,
@@ -104,6 +115,14 @@ impl Wire for PgWire {
 
     fn down_at_boundary(&self) -> bool {
         self.framer.at_boundary()
+    }
+
+    fn inspect_up(&mut self, pending: &[u8], _new: usize) -> crate::relay::UpVerdict {
+        // A lone Terminate is a goodbye, not a statement.
+        if pending != b"X\0\0\0\x04" {
+            self.busy = true;
+        }
+        crate::relay::UpVerdict::Pass
     }
 
     fn warning(
@@ -166,10 +185,33 @@ impl Wire for PgWire {
     fn end_action(&mut self) -> Option<EndAction> {
         // The key stays registered until the wire is dropped, after this runs.
         let t = self.cancel_target.clone()?;
+        self.cancelled = true;
         Some(Box::pin(async move {
             if let Err(e) = send_cancel(&t, FINISH_BUDGET).await {
                 tracing::warn!(error = %e, "could not cancel the backend query");
             }
         }))
+    }
+}
+
+impl Drop for PgWire {
+    /// A session that ends while a statement runs — the client vanished,
+    /// the relay failed — cancels it, so nothing outlives the session (and
+    /// so its grant). An enforced end has cancelled already.
+    fn drop(&mut self) {
+        if !self.busy || self.cancelled {
+            return;
+        }
+        let (Some(t), Ok(rt)) = (
+            self.cancel_target.clone(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        rt.spawn(async move {
+            if let Err(e) = send_cancel(&t, FINISH_BUDGET).await {
+                tracing::warn!(error = %e, "could not cancel the statement of a vanished client");
+            }
+        });
     }
 }

@@ -22,8 +22,8 @@ use proxy_protocols::ssh::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::conn;
 use crate::relay::FINISH_BUDGET;
+use crate::socket;
 
 /// The software version jitgate names in its own version line.
 const SOFTWARE: &str = "jitgate";
@@ -110,5 +110,5 @@ pub async fn refuse(
     codec::encode_identification(SOFTWARE, &mut out);
     codec::encode_disconnect(reason, text, &mut out);
     let _ = tokio::time::timeout(FINISH_BUDGET, client.write_all(&out)).await;
-    conn::close_refused(client).await;
+    socket::close_refused(client).await;
 }

@@ -35,11 +35,11 @@ use tokio::net::TcpStream;
 
 use crate::admission::{self, Details, Identity, Refusal};
 use crate::config::{HumanDuration, ResourceConfig};
-use crate::conn::{self, Endpoints};
 use crate::ending::EndReason;
 use crate::gateway::Gateway;
 use crate::metrics::{self as m, Outcome};
 use crate::relay::{self, Opaque, RelayParams, FINISH_BUDGET};
+use crate::socket::{self, Endpoints};
 use exchange::{Ident, ReadError};
 
 /// Why the identification exchange did not complete.
@@ -104,7 +104,7 @@ pub async fn handle(
         return;
     }
 
-    let timeout = gw.config.gateway.handshake_timeout.0;
+    let timeout = gw.config().gateway.handshake_timeout.0;
     let identified = tokio::select! {
         r = tokio::time::timeout(timeout, identify(&gw, &resource, &mut client, ends)) => {
             r.unwrap_or(Err(Failure::Timeout(timeout)))
@@ -126,7 +126,7 @@ pub async fn handle(
             }
             match f.tell_client(&name) {
                 Some((why, text)) => exchange::refuse(client, why, &text, None).await,
-                None => conn::close_refused(client).await,
+                None => socket::close_refused(client).await,
             }
             return;
         }
@@ -186,7 +186,7 @@ pub async fn handle(
         session: session.clone(),
         idle: resource.idle_timeout(),
         warnings: Vec::new(),
-        buffer_size: gw.config.gateway.relay_buffer_size,
+        buffer_size: gw.config().gateway.relay_buffer_size,
         handshake_deadline: None,
     };
     let (reason, since) = relay::run(params, Opaque, client, backend).await;
@@ -204,7 +204,7 @@ async fn identify(
     let client_ident = exchange::read_ident(client, Sender::Client)
         .await
         .map_err(Failure::Client)?;
-    let mut backend = conn::dial_announcing(gw, resource, ends)
+    let mut backend = socket::dial_announcing(gw, resource, ends)
         .await
         .map_err(Failure::Unreachable)?;
     let server_ident = exchange::read_ident(&mut backend, Sender::Server)

@@ -1,13 +1,16 @@
 //! Shared harness for the integration tests: an in-process gateway on
-//! ephemeral ports in front of the real PostgreSQL, plus small clients for
-//! the admin API, the audit log and the metrics.
+//! ephemeral ports in front of the real PostgreSQL or MariaDB, plus small
+//! clients for the admin API, the audit log and the metrics.
 //!
-//! The backend address comes from `JITGATE_TEST_PG_ADDR` (default
-//! `127.0.0.1:5432`, trust auth, users `postgres` and `root`, database `test`).
-//! SSH and TCP tests set `Opts.protocol` and a backend of their own: a real
-//! `sshd` ([`sshd`]) or small in-process servers ([`net`]).
+//! PostgreSQL comes from `JITGATE_TEST_PG_ADDR` (default `127.0.0.1:5432`,
+//! trust auth, users `postgres` and `root`, database `test`); MariaDB from
+//! `JITGATE_TEST_MYSQL_ADDR` (default `127.0.0.1:3306`, `root` with an empty
+//! password, database `test`). The MySQL helpers live in [`mysql`]. SSH and
+//! TCP tests set `Opts.protocol` and a backend of their own: a real `sshd`
+//! ([`sshd`]) or small in-process servers ([`net`]).
 #![allow(dead_code)]
 
+pub mod mysql;
 pub mod net;
 pub mod sshd;
 
@@ -27,6 +30,11 @@ use tokio::net::TcpStream;
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// Token of the `alice` user (requester) in every test config.
 pub const ALICE_TOKEN: &str = "test-alice-token";
+
+/// Token of the `carol` user (approver).
+pub const CAROL_TOKEN: &str = "test-carol-token";
+/// Token of the `dave` user (approver).
+pub const DAVE_TOKEN: &str = "test-dave-token";
 
 /// The real PostgreSQL the tests go through.
 pub fn pg_backend() -> String {
@@ -51,12 +59,18 @@ pub struct Opts {
     pub handshake_timeout: &'static str,
     /// Backend address.
     pub backend: String,
-    /// `protocol` of the resource (`postgres`, `ssh`, `tcp`).
+    /// `request_ttl`.
+    pub request_ttl: &'static str,
+    /// TOML appended to the config (policies, groups, notify sinks).
+    pub extra: String,
+    /// TOML placed right after the resource's keys (`[resource.tls]`, ...).
+    pub resource_extra: String,
+    /// `postgres` or `mysql`.
     pub protocol: &'static str,
+    /// `[resource.kill_account]` (user, password), mysql only.
+    pub kill_account: Option<(&'static str, &'static str)>,
     /// Extra lines for the `[gateway]` table.
     pub gateway_extra: String,
-    /// Extra lines for the `[[resource]]` table.
-    pub resource_extra: String,
 }
 
 impl Opts {
@@ -69,9 +83,23 @@ impl Opts {
             warnings: "[]",
             handshake_timeout: "2s",
             backend: pg_backend(),
-            protocol: "postgres",
-            gateway_extra: String::new(),
+            request_ttl: "1h",
+            extra: String::new(),
             resource_extra: String::new(),
+            protocol: "postgres",
+            kill_account: None,
+            gateway_extra: String::new(),
+        }
+    }
+
+    /// Defaults for a MariaDB resource called `name`, with the test kill
+    /// account (see [`mysql::setup`]).
+    pub fn mysql(name: &str) -> Opts {
+        Opts {
+            backend: mysql::backend(),
+            protocol: "mysql",
+            kill_account: Some((mysql::KILLER.0, mysql::KILLER.1)),
+            ..Opts::new(name)
         }
     }
 
@@ -97,6 +125,17 @@ pub struct TestGateway {
 
 /// The config text for `o`, with state in `dir`.
 pub fn config_text(o: &Opts, dir: &std::path::Path) -> String {
+    // Each user's logins on this protocol: alice has two on MySQL (to test a
+    // COM_CHANGE_USER inside her grant), bob one she does not have.
+    let (alice_logins, bob_logins) = if o.protocol == "mysql" {
+        (r#"["jg_alice", "jg_alice_ro"]"#, r#"["jg_bob"]"#)
+    } else {
+        (r#"["postgres"]"#, r#"["root"]"#)
+    };
+    let kill = o
+        .kill_account
+        .map(|(u, p)| format!("\n[resource.kill_account]\nuser = \"{u}\"\npassword = \"{p}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"
 [gateway]
@@ -104,6 +143,7 @@ state_dir = "{dir}"
 admin_listen = "127.0.0.1:0"
 handshake_timeout = "{hs}"
 expiry_warnings = {warn}
+request_ttl = "{ttl}"
 {gateway_extra}
 
 [[resource]]
@@ -115,6 +155,7 @@ idle_timeout = "{idle}"
 max_session = "{max}"
 {resource_extra}
 
+{kill}
 [[user]]
 name = "admin"
 token_sha256 = "{admin}"
@@ -124,27 +165,42 @@ roles = ["admin"]
 name = "alice"
 token_sha256 = "{alice}"
 roles = ["requester"]
-logins = ["postgres"]
+logins = {alice_logins}
 
 [[user]]
 name = "bob"
 token_sha256 = "{bob}"
 roles = ["requester"]
-logins = ["root"]
+logins = {bob_logins}
+
+[[user]]
+name = "carol"
+token_sha256 = "{carol}"
+roles = ["approver"]
+
+[[user]]
+name = "dave"
+token_sha256 = "{dave}"
+roles = ["approver"]
+{extra}
 "#,
         dir = dir.display(),
         hs = o.handshake_timeout,
         warn = o.warnings,
         name = o.resource,
+        protocol = o.protocol,
         backend = o.backend,
         idle = o.idle_timeout,
         max = o.max_session,
-        protocol = o.protocol,
         gateway_extra = o.gateway_extra,
-        resource_extra = o.resource_extra,
         admin = sha(ADMIN_TOKEN),
         alice = sha(ALICE_TOKEN),
         bob = sha("test-bob-token"),
+        carol = sha(CAROL_TOKEN),
+        dave = sha(DAVE_TOKEN),
+        ttl = o.request_ttl,
+        extra = o.extra,
+        resource_extra = o.resource_extra,
     )
 }
 

@@ -34,7 +34,7 @@ pub use messages::{
     encode_notice_response, ErrorFields, SSL_NOT_SUPPORTED,
 };
 pub use startup::{
-    decode_startup, encode_cancel_request, encode_startup, ProtocolVersion, StartupError,
-    StartupMessage, StartupRequest, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE,
+    decode_startup, encode_cancel_request, encode_ssl_request, encode_startup, ProtocolVersion,
+    StartupError, StartupMessage, StartupRequest, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE,
     MAX_STARTUP_PACKET_LEN, SSL_REQUEST_CODE,
 };

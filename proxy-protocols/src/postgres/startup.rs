@@ -263,6 +263,13 @@ pub fn encode_cancel_request(process_id: u32, secret_key: u32, out: &mut BytesMu
     out.put_u32(secret_key);
 }
 
+/// Appends an SSLRequest (8 bytes), as a frontend asking the server for TLS.
+pub fn encode_ssl_request(out: &mut BytesMut) {
+    out.reserve(8);
+    out.put_u32(8);
+    out.put_u32(SSL_REQUEST_CODE);
+}
+
 /// Checks a length word and converts it to the packet size in bytes.
 fn bounded_packet_len(len: u32) -> Result<usize, StartupError> {
     match usize::try_from(len) {

@@ -444,3 +444,15 @@ proptest! {
         prop_assert!(buf.is_empty());
     }
 }
+
+#[test]
+fn encoded_ssl_request_decodes_as_one() {
+    let mut b = BytesMut::new();
+    super::encode_ssl_request(&mut b);
+    assert_eq!(b.as_ref(), &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+    assert_eq!(
+        super::decode_startup(&mut b),
+        Ok(Some(super::StartupRequest::Ssl))
+    );
+    assert!(b.is_empty());
+}

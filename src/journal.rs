@@ -1,0 +1,453 @@
+//! The grant journal: grants and requests survive a restart and a `kill -9`.
+//!
+//! Format (`state_dir/journal.jsonl`), one record per line:
+//!
+//! ```text
+//! <16 hex: first 8 bytes of SHA-256 of JSON> <JSON record>\n
+//! ```
+//!
+//! Records: `grant` (a whole grant), `grant_ended` (revoked, expired,
+//! released or removed by reload), `grant_extended` (a new deadline),
+//! `request` (the whole request after each change). Replaying them in order
+//! rebuilds the tables; the last `request` record of an id wins.
+//!
+//! Invariants:
+//! - [`Journal::append`] returns only after the record is written and
+//!   `fdatasync`ed, and callers append before they answer.
+//! - On open, a damaged **last** line (torn by a crash or a power loss: no
+//!   newline, or a checksum that does not match) is dropped with a warning
+//!   and the file is truncated to the last good record; a damaged line
+//!   **before** good ones stops start-up with an error naming its byte
+//!   offset — grants are never silently dropped.
+//! - Compaction writes the live state (snapshot) to a temporary file,
+//!   fsyncs it, renames it over the journal and fsyncs the directory, so a
+//!   crash at any point leaves either the old or the new journal whole.
+//!   The gateway compacts on start and whenever the tail grows past
+//!   [`COMPACT_AFTER`] records, so start-up time does not grow with history.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::grants::GrantRecord;
+use crate::requests::Request;
+
+/// Records appended since the last compaction before the next one.
+pub const COMPACT_AFTER: usize = 10_000;
+
+/// Longest line accepted when reading the journal back.
+const MAX_LINE: usize = 1 << 20;
+
+/// One journal record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Record {
+    /// A grant was created.
+    Grant(GrantRecord),
+    /// A grant ended (revoked, expired, released, removed).
+    GrantEnded {
+        /// Which.
+        id: Uuid,
+    },
+    /// A grant's deadline moved.
+    GrantExtended {
+        /// Which.
+        id: Uuid,
+        /// The new deadline.
+        #[serde(with = "crate::timefmt::unix_ms")]
+        expires_at: SystemTime,
+    },
+    /// A request's current state.
+    Request(Box<Request>),
+}
+
+/// Why the journal could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Reading or writing failed.
+    #[error("journal {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A record before the last one is damaged.
+    #[error("journal {path} is corrupt at byte offset {offset} (line {line}): {what}; refusing to start rather than lose grants (restore the file from a backup, or move it aside to start empty)")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// Byte offset of the damaged line.
+        offset: u64,
+        /// Its line number (1-based).
+        line: usize,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// What the journal held.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Grants not ended, in creation order (some may have expired since).
+    pub grants: Vec<GrantRecord>,
+    /// The last state of every request.
+    pub requests: Vec<Request>,
+    /// Records read.
+    pub records: usize,
+    /// Whether a torn last record was dropped.
+    pub dropped_torn_tail: bool,
+}
+
+/// The journal writer.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+    since_compaction: AtomicUsize,
+}
+
+fn checksum(json: &[u8]) -> String {
+    let d = Sha256::digest(json);
+    hex::encode(d.get(..8).unwrap_or_default())
+}
+
+/// Encode one record as its journal line.
+pub fn encode(rec: &Record) -> io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(rec).map_err(io::Error::other)?;
+    let mut line = Vec::with_capacity(json.len() + 18);
+    line.extend_from_slice(checksum(&json).as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    Ok(line)
+}
+
+fn decode(line: &[u8]) -> Result<Record, String> {
+    let (sum, json) = match (line.get(..16), line.get(16), line.get(17..)) {
+        (Some(s), Some(b' '), Some(j)) => (s, j),
+        _ => return Err("malformed line".into()),
+    };
+    if checksum(json).as_bytes() != sum {
+        return Err("checksum mismatch".into());
+    }
+    serde_json::from_slice(json).map_err(|e| format!("bad record: {e}"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Journal {
+    /// Open `dir/journal.jsonl` (creating it), replay it, and drop a torn
+    /// last record.
+    pub fn open(dir: &Path) -> Result<(Journal, Replay), JournalError> {
+        let path = dir.join("journal.jsonl");
+        let io_err = |source| JournalError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err)?;
+        let replay = Self::replay(&path, &mut file)?;
+        Ok((
+            Journal {
+                path,
+                file: Mutex::new(file),
+                since_compaction: AtomicUsize::new(0),
+            },
+            replay,
+        ))
+    }
+
+    fn replay(path: &Path, file: &mut File) -> Result<Replay, JournalError> {
+        let shown = path.display().to_string();
+        let io_err = |source| JournalError::Io {
+            path: shown.clone(),
+            source,
+        };
+        file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        let mut reader = BufReader::new(&*file);
+        let mut grants: Vec<GrantRecord> = Vec::new();
+        let mut requests: std::collections::BTreeMap<Uuid, Request> = Default::default();
+        let mut offset = 0u64;
+        let mut good_end = 0u64;
+        let mut line_no = 0usize;
+        let mut bad: Option<(u64, usize, String)> = None;
+        let mut records = 0usize;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = io::Read::take(&mut reader, MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut buf)
+                .map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let complete = buf.last() == Some(&b'\n');
+            if let Some((at, line, what)) = bad.take() {
+                // A damaged line followed by more data: real corruption.
+                return Err(JournalError::Corrupt {
+                    path: shown,
+                    offset: at,
+                    line,
+                    what,
+                });
+            }
+            let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let parsed = if complete {
+                decode(body)
+            } else {
+                Err("incomplete last line".into())
+            };
+            match parsed {
+                Ok(rec) => {
+                    records += 1;
+                    match rec {
+                        Record::Grant(g) => grants.push(g),
+                        Record::GrantEnded { id } => grants.retain(|g| g.id != id),
+                        Record::GrantExtended { id, expires_at } => {
+                            if let Some(g) = grants.iter_mut().find(|g| g.id == id) {
+                                g.expires_at = expires_at;
+                            }
+                        }
+                        Record::Request(r) => {
+                            requests.insert(r.id, *r);
+                        }
+                    }
+                    good_end = offset + n as u64;
+                }
+                Err(what) => bad = Some((offset, line_no, what)),
+            }
+            offset += n as u64;
+        }
+        let dropped_torn_tail = bad.is_some();
+        if let Some((at, line, what)) = bad {
+            tracing::warn!(path = %shown, offset = at, line, reason = %what, "dropping a torn last journal record (crash or power loss while writing it)");
+            file.set_len(good_end).map_err(io_err)?;
+            file.sync_data().map_err(io_err)?;
+        }
+        Ok(Replay {
+            grants,
+            requests: requests.into_values().collect(),
+            records,
+            dropped_torn_tail,
+        })
+    }
+
+    /// Append a record and fsync it.
+    pub fn append(&self, rec: &Record) -> io::Result<()> {
+        let line = encode(rec)?;
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let len = f.metadata()?.len();
+        let r = f.write_all(&line).and_then(|()| f.sync_data());
+        if let Err(e) = r {
+            // Leave no half record behind.
+            let _ = f.set_len(len);
+            tracing::error!(error = %e, path = %self.path.display(), "journal write failed");
+            return Err(e);
+        }
+        self.since_compaction.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the tail has grown enough to compact.
+    pub fn wants_compaction(&self) -> bool {
+        self.since_compaction.load(Ordering::Relaxed) >= COMPACT_AFTER
+    }
+
+    /// Replace the journal by a snapshot of the live state.
+    pub fn compact(&self, grants: &[GrantRecord], requests: &[Request]) -> io::Result<()> {
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut out = Vec::new();
+        for g in grants {
+            out.extend(encode(&Record::Grant(g.clone()))?);
+        }
+        for r in requests {
+            out.extend(encode(&Record::Request(Box::new(r.clone())))?);
+        }
+        // Hold the writer's lock so no append lands in the old file after
+        // the snapshot was taken from the tables.
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut t = File::create(&tmp)?;
+            t.write_all(&out)?;
+            t.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            sync_dir(dir)?;
+        }
+        *f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        self.since_compaction.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn grant(n: u8) -> GrantRecord {
+        let now = SystemTime::now();
+        GrantRecord {
+            id: Uuid::now_v7(),
+            principal: format!("user{n}"),
+            resource: "pg".into(),
+            logins: vec!["postgres".into()],
+            sources: vec![],
+            created_at: now,
+            expires_at: now + Duration::from_secs(60),
+            reason: "r".into(),
+            actor: "admin".into(),
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn replays_creates_ends_and_extensions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.records, 0);
+        let (a, b) = (grant(1), grant(2));
+        j.append(&Record::Grant(a.clone())).unwrap();
+        j.append(&Record::Grant(b.clone())).unwrap();
+        j.append(&Record::GrantEnded { id: a.id }).unwrap();
+        let later = b.expires_at + Duration::from_secs(30);
+        j.append(&Record::GrantExtended {
+            id: b.id,
+            expires_at: later,
+        })
+        .unwrap();
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.records, 4);
+        assert_eq!(r.grants.len(), 1);
+        assert_eq!(r.grants[0].id, b.id);
+        assert_eq!(
+            r.grants[0]
+                .expires_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+            later
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_and_the_file_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let a = grant(1);
+        j.append(&Record::Grant(a.clone())).unwrap();
+        let good = std::fs::metadata(j.path()).unwrap().len();
+        let line = encode(&Record::Grant(grant(2))).unwrap();
+        // Half a record, as a crash mid-write leaves it.
+        OpenOptions::new()
+            .append(true)
+            .open(j.path())
+            .unwrap()
+            .write_all(&line[..line.len() / 2])
+            .unwrap();
+        drop(j);
+        let (j, r) = Journal::open(dir.path()).unwrap();
+        assert!(r.dropped_torn_tail);
+        assert_eq!(r.grants.len(), 1);
+        assert_eq!(std::fs::metadata(j.path()).unwrap().len(), good);
+        // A full-length line of garbage at the end is torn too.
+        OpenOptions::new()
+            .append(true)
+            .open(j.path())
+            .unwrap()
+            .write_all(&[0u8; 40])
+            .unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(j.path())
+            .unwrap()
+            .write_all(b"\n")
+            .unwrap();
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert!(r.dropped_torn_tail);
+        assert_eq!(r.grants.len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_middle_record_stops_with_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.append(&Record::Grant(grant(1))).unwrap();
+        let second_at = std::fs::metadata(j.path()).unwrap().len();
+        j.append(&Record::Grant(grant(2))).unwrap();
+        j.append(&Record::Grant(grant(3))).unwrap();
+        drop(j);
+        let mut bytes = std::fs::read(dir.path().join("journal.jsonl")).unwrap();
+        // Flip a byte inside the second record's JSON.
+        let i = second_at as usize + 30;
+        bytes[i] ^= 0x01;
+        std::fs::write(dir.path().join("journal.jsonl"), &bytes).unwrap();
+        let err = Journal::open(dir.path()).unwrap_err();
+        match &err {
+            JournalError::Corrupt { offset, line, .. } => {
+                assert_eq!(*offset, second_at);
+                assert_eq!(*line, 2);
+            }
+            e => panic!("{e}"),
+        }
+        assert!(
+            err.to_string()
+                .contains(&format!("byte offset {second_at}")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_the_live_state_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let keep = grant(1);
+        for i in 0..50u8 {
+            let g = grant(i);
+            j.append(&Record::Grant(g.clone())).unwrap();
+            j.append(&Record::GrantEnded { id: g.id }).unwrap();
+        }
+        j.append(&Record::Grant(keep.clone())).unwrap();
+        let before = std::fs::metadata(j.path()).unwrap().len();
+        j.compact(std::slice::from_ref(&keep), &[]).unwrap();
+        let after = std::fs::metadata(j.path()).unwrap().len();
+        assert!(after < before / 10, "{after} vs {before}");
+        // Appends after compaction land in the new file.
+        let more = grant(9);
+        j.append(&Record::Grant(more.clone())).unwrap();
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        let ids: Vec<Uuid> = r.grants.iter().map(|g| g.id).collect();
+        assert_eq!(ids, [keep.id, more.id]);
+    }
+}

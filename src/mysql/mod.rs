@@ -1,0 +1,369 @@
+//! A MySQL / MariaDB client connection, from accept to close: jitgate's own
+//! greeting, the client's HandshakeResponse, admission, the backend leg and
+//! the relay.
+//!
+//! # How jitgate learns the login before the backend sees anything
+//!
+//! In this protocol the server speaks first, and the client's auth answer is
+//! bound to the scramble in the server's greeting. Two designs can get the
+//! user name out of the HandshakeResponse:
+//!
+//! 1. *Dial first*: connect to the backend, relay its greeting, read the
+//!    client's response, check the grant, then forward or refuse. Every
+//!    connection, granted or not, costs the backend a connection and a
+//!    thread for up to `handshake_timeout`; a flood of unauthenticated
+//!    connections exhausts `max_connections` for everyone, every refusal is
+//!    an aborted handshake on the backend, and a backend that counts those
+//!    (`max_connect_errors`) ends up blocking jitgate's own address, so an
+//!    anonymous attacker could lock every user out.
+//! 2. *Own greeting* (what jitgate does): jitgate greets the client itself
+//!    with a random scramble, reads the HandshakeResponse, and checks the
+//!    grant. A refused or stalled client never reaches the backend: a flood
+//!    costs jitgate one small task per connection, bounded by
+//!    `handshake_timeout`, and the backend nothing. Only an admitted client
+//!    makes jitgate dial: it sends the backend a HandshakeResponse41 with the
+//!    client's user, database, collation and attributes, an empty auth
+//!    answer and an auth plugin name no server has (`jitgate_passthrough`).
+//!    The backend then asks for its own plugin with an AuthSwitchRequest
+//!    carrying *its* scramble, exactly as it would for a client that started
+//!    with the wrong plugin, and jitgate forwards it. The client answers the
+//!    backend's scramble and authenticates to the backend directly; the
+//!    sequence ids line up (switch request 2, answer 3, OK 4), so from there
+//!    on every byte is relayed unchanged. The answer the client computed for
+//!    jitgate's scramble is discarded unread.
+//!
+//! What design 2 costs: one more round trip at connect; the connection id
+//! in jitgate's greeting is 0, not the backend's (a client's own
+//! `KILL QUERY <id>`, e.g. the mysql CLI's Ctrl-C, then fails harmlessly
+//! with "unknown thread id"); and the server version and capabilities in the
+//! greeting are the ones learned from this backend's last greeting
+//! ([`BackendProfiles`]), a default before the first.
+//!
+//! # The path of one connection
+//! 1. greeting (sequence id 0): capabilities without `CLIENT_SSL` (no TLS
+//!    yet), `CLIENT_COMPRESS` or `CLIENT_LOCAL_FILES`, plugin
+//!    `mysql_native_password`;
+//! 2. the client's first packet, within `handshake_timeout` and 64 KiB: an
+//!    SSLRequest, a pre-4.1 response, a client without pluggable auth, a
+//!    malformed or out-of-order packet, or bytes pipelined after it, each get
+//!    an ERR (sequence id 2) that says so, and the connection is closed;
+//! 3. admission ([`crate::admission::admit`]) by the user name: refused →
+//!    ERR 1045, SQLSTATE 28000, the PRODUCT text, sequence id 2, close —
+//!    *before any byte reaches the backend*;
+//! 4. the backend leg ([`backend::open`]);
+//! 5. [`crate::relay::run`] with [`wire::MyWire`] until the session ends.
+
+pub mod backend;
+pub mod kill;
+pub mod wire;
+
+pub use backend::BackendProfiles;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use proxy_protocols::mysql::{
+    self as my, caps, ClientFirst, HandshakeError, HandshakeResponse, PacketError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::admission::{self, Identity, Refusal};
+use crate::audit::Event;
+use crate::config::ResourceConfig;
+use crate::ending::EndReason;
+use crate::gateway::Gateway;
+use crate::metrics::{self as m, Outcome};
+use crate::relay::{self, RelayParams};
+
+/// Largest packet accepted during the handshake, either side (a
+/// HandshakeResponse with connection attributes is well under 1 KiB; a
+/// caching_sha2 public key about 450 bytes).
+pub const MAX_HANDSHAKE_PACKET: usize = 64 * 1024;
+
+/// MySQL error numbers and SQLSTATEs of the ERR packets jitgate writes.
+pub mod codes {
+    /// ER_ACCESS_DENIED_ERROR: no grant (PRODUCT.md §5).
+    pub const ACCESS_DENIED: (u16, &str) = (1045, "28000");
+    /// ER_HANDSHAKE_ERROR: a malformed handshake, TLS asked for, a timeout.
+    pub const HANDSHAKE_ERROR: (u16, &str) = (1043, "08S01");
+    /// ER_NET_PACKET_TOO_LARGE.
+    pub const PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
+    /// ER_NOT_SUPPORTED_AUTH_MODE: a pre-4.1 client or one without
+    /// pluggable authentication; also a backend jitgate cannot speak to.
+    pub const NOT_SUPPORTED_AUTH_MODE: (u16, &str) = (1251, "08004");
+    /// ER_UNKNOWN_ERROR: the audit log cannot be written.
+    pub const UNKNOWN_ERROR: (u16, &str) = (1105, "HY000");
+    /// CR_CONN_HOST_ERROR: the backend cannot be reached.
+    pub const CONN_HOST_ERROR: (u16, &str) = (2003, "HY000");
+    /// ER_CONNECTION_KILLED: access ended (expiry, revoke, kill, idle, cap,
+    /// shutdown).
+    pub const CONNECTION_KILLED: (u16, &str) = (1927, "70100");
+}
+
+/// Why the client's side of the handshake did not produce a response.
+#[derive(Debug, thiserror::Error)]
+enum FrontFailure {
+    #[error("{0}")]
+    TooLong(#[from] PacketError),
+    #[error("{0}")]
+    Malformed(#[from] HandshakeError),
+    #[error("packets out of order: the handshake response must have sequence id 1, not {0}")]
+    OutOfOrder(u8),
+    #[error("unexpected data after the handshake response")]
+    Pipelined,
+    #[error(
+        "TLS is not available on this listener yet; connect without TLS (e.g. --ssl=0 or --ssl-mode=DISABLED)"
+    )]
+    TlsRequested,
+    #[error("clients older than MySQL 4.1 are not supported; use a MySQL 4.1 or later client")]
+    Pre41,
+    #[error(
+        "this client does not support pluggable authentication (MySQL 5.5.7+ and MariaDB 5.2+ clients do)"
+    )]
+    NoPluginAuth,
+    #[error("client closed the connection during the handshake")]
+    Closed,
+    #[error("handshake not completed within the handshake timeout")]
+    Timeout,
+    #[error("i/o error during the handshake: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FrontFailure {
+    fn code(&self) -> (u16, &'static str) {
+        match self {
+            FrontFailure::TooLong(_) => codes::PACKET_TOO_LARGE,
+            FrontFailure::Pre41 | FrontFailure::NoPluginAuth => codes::NOT_SUPPORTED_AUTH_MODE,
+            _ => codes::HANDSHAKE_ERROR,
+        }
+    }
+}
+
+/// Serve one client connection on a mysql resource.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    resource: Arc<ResourceConfig>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
+    let accepted = Instant::now();
+    let name = resource.name().to_string();
+    let timeout = gw.config().gateway.handshake_timeout.0;
+    let deadline = tokio::time::Instant::now() + timeout;
+
+    let front = tokio::select! {
+        r = tokio::time::timeout(timeout, front_handshake(&gw, &resource, &mut client)) => {
+            r.unwrap_or(Err(FrontFailure::Timeout))
+        }
+        _ = gw.shutdown.cancelled() => return,
+    };
+    let response = match front {
+        Ok(r) => r,
+        Err(FrontFailure::Closed) => {
+            m::connection(&name, "mysql", Outcome::Error);
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(%peer, resource = %name, error = %e, "handshake failed");
+            m::connection(&name, "mysql", Outcome::Error);
+            m::handshake(accepted.elapsed());
+            let (code, state) = e.code();
+            // A pre-4.1 client reads no SQLSTATE in an ERR packet.
+            let state = (!matches!(e, FrontFailure::Pre41)).then_some(state);
+            let _ = send_err(&mut client, 2, code, state, &format!("jitgate: {e}")).await;
+            return;
+        }
+    };
+    // front_handshake checked that the login is UTF-8.
+    let login = response.user_str().unwrap_or_default().to_string();
+
+    // Admission, before any byte reaches the backend.
+    let admitted = match admission::admit(&gw, &resource, Identity::Login(&login), peer, accepted) {
+        Ok(a) => a,
+        Err(Refusal::NoGrant) => {
+            let message = admission::no_grant_message(&login, &name);
+            let (code, state) = codes::ACCESS_DENIED;
+            let _ = send_err(&mut client, 2, code, Some(state), &message).await;
+            return;
+        }
+        Err(Refusal::AuditUnavailable) => {
+            let (code, state) = codes::UNKNOWN_ERROR;
+            let text = "jitgate: audit log unavailable, access refused";
+            let _ = send_err(&mut client, 2, code, Some(state), text).await;
+            return;
+        }
+    };
+    let session = admitted.session.clone();
+
+    let leg = backend::open(&gw, &resource, &response, deadline).await;
+    let leg = match leg {
+        Ok(leg) => leg,
+        Err(e) => {
+            tracing::warn!(resource = %name, error = %e, "backend leg failed");
+            m::connection(&name, "mysql", Outcome::Error);
+            let _ = match e.server_error() {
+                // The backend refused the connection itself ("Too many
+                // connections"): the client sees the backend's own error.
+                Some(payload) => send_raw(&mut client, 2, payload).await,
+                None => {
+                    let (code, state) = e.code();
+                    send_err(&mut client, 2, code, Some(state), &e.client_text(&name)).await
+                }
+            };
+            drop(admitted.guard);
+            gw.on_session_ended(&session, &EndReason::Backend, None);
+            return;
+        }
+    };
+    m::connection(&name, "mysql", Outcome::Accepted);
+
+    let params = RelayParams {
+        session: session.clone(),
+        idle: resource.idle_timeout(),
+        // MySQL has no in-band notice a client would show.
+        warnings: Vec::new(),
+        buffer_size: gw.config().gateway.relay_buffer_size,
+        handshake_deadline: Some(deadline),
+    };
+    let kill_target = resource.kill_account().map(|account| kill::KillTarget {
+        backend: resource.backend().to_string(),
+        account: account.clone(),
+        connection_id: leg.connection_id,
+        timeout: gw.config().gateway.backend_connect_timeout.0,
+        tracker: gw.tracker.clone(),
+    });
+    let audit_gw = gw.clone();
+    let wire = wire::MyWire::new(
+        session.clone(),
+        leg.deprecate_eof,
+        kill_target,
+        Box::new(move |s, login| audit_login_changed(&audit_gw, s, login)),
+    );
+    let (reason, since) = relay::run(params, wire, client, leg.stream).await;
+    drop(admitted.guard);
+    if let EndReason::LoginDenied { login } = &reason {
+        audit_change_user_denied(&gw, &session, login);
+    }
+    gw.on_session_ended(&session, &reason, since);
+}
+
+/// The client's side of the handshake: greeting out, first packet in.
+async fn front_handshake(
+    gw: &Gateway,
+    resource: &ResourceConfig,
+    client: &mut TcpStream,
+) -> Result<HandshakeResponse, FrontFailure> {
+    let greeting = gw
+        .mysql_profiles
+        .client_greeting(resource.name(), new_scramble());
+    let mut payload = Vec::with_capacity(128);
+    my::encode_greeting(&greeting, &mut payload);
+    let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
+    my::encode_packet(0, &payload, &mut out);
+    client.write_all(&out).await?;
+
+    let mut buf = BytesMut::with_capacity(1024);
+    let packet = loop {
+        // decode_packet bounds the length first, so the buffer never grows
+        // past MAX_HANDSHAKE_PACKET plus one read.
+        if let Some(p) = my::decode_packet(&mut buf, MAX_HANDSHAKE_PACKET)? {
+            break p;
+        }
+        if client.read_buf(&mut buf).await? == 0 {
+            return Err(FrontFailure::Closed);
+        }
+    };
+    if packet.seq != 1 {
+        return Err(FrontFailure::OutOfOrder(packet.seq));
+    }
+    let response = match my::parse_client_first(&packet.payload)? {
+        ClientFirst::SslRequest { .. } => return Err(FrontFailure::TlsRequested),
+        ClientFirst::Pre41 { .. } => return Err(FrontFailure::Pre41),
+        ClientFirst::Response(r) => r,
+    };
+    // Grants name logins as text; the backend must authenticate exactly
+    // the login that was admitted, so there is no lossy conversion.
+    if response.user_str().is_none() {
+        return Err(HandshakeError::Malformed("the user name is not valid UTF-8").into());
+    }
+    let needed = caps::CLIENT_PLUGIN_AUTH | caps::CLIENT_SECURE_CONNECTION;
+    if response.capabilities & needed != needed {
+        return Err(FrontFailure::NoPluginAuth);
+    }
+    // The client must wait for the server's answer; bytes sent before it
+    // would reach the backend as if they came after authentication.
+    if !buf.is_empty() {
+        return Err(FrontFailure::Pipelined);
+    }
+    Ok(response)
+}
+
+/// 20 random scramble bytes, printable and never NUL (the greeting
+/// NUL-terminates its second part).
+fn new_scramble() -> Vec<u8> {
+    let raw: [u8; 20] = rand::random();
+    raw.iter().map(|b| 0x21 + b % 94).collect()
+}
+
+/// Write one ERR packet with sequence id `seq` and close the socket.
+async fn send_err(
+    client: &mut TcpStream,
+    seq: u8,
+    code: u16,
+    sqlstate: Option<&str>,
+    message: &str,
+) -> std::io::Result<()> {
+    let mut payload = Vec::with_capacity(message.len() + 9);
+    my::encode_err(code, sqlstate, message, &mut payload);
+    send_raw(client, seq, &payload).await
+}
+
+/// Write one packet with sequence id `seq` around `payload` and close.
+async fn send_raw(client: &mut TcpStream, seq: u8, payload: &[u8]) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
+    my::encode_packet(seq, payload, &mut out);
+    client.write_all(&out).await?;
+    client.shutdown().await
+}
+
+/// Audit an admitted COM_CHANGE_USER to another login of the same grant.
+fn audit_login_changed(
+    gw: &Gateway,
+    s: &crate::sessions::Session,
+    login: &str,
+) -> std::io::Result<()> {
+    let mut e = Event::new("session.login_changed");
+    e.session_id = Some(s.id);
+    e.grant_id = Some(s.grant.id);
+    e.principal = Some(s.grant.principal.clone());
+    e.login = Some(login.to_string());
+    e.resource = Some(s.resource.clone());
+    e.protocol = Some(s.protocol.as_str());
+    e.client_addr = Some(s.client_addr);
+    e.reason = Some(format!("COM_CHANGE_USER from {:?}", s.login));
+    gw.audit.write(e)?;
+    tracing::info!(session = %s.id, login, "login changed within the grant");
+    Ok(())
+}
+
+/// Audit a COM_CHANGE_USER refused for want of a grant (the session ends).
+fn audit_change_user_denied(gw: &Gateway, s: &crate::sessions::Session, login: &str) {
+    let mut e = Event::new("session.denied");
+    e.session_id = Some(s.id);
+    e.grant_id = Some(s.grant.id);
+    e.principal = Some(s.grant.principal.clone());
+    e.login = Some(login.to_string());
+    e.resource = Some(s.resource.clone());
+    e.protocol = Some(s.protocol.as_str());
+    e.client_addr = Some(s.client_addr);
+    e.outcome = Some("no_grant");
+    e.reason = Some(format!(
+        "COM_CHANGE_USER from {:?} to a login the grant does not admit",
+        s.login
+    ));
+    let _ = gw.audit.write(e);
+    tracing::info!(session = %s.id, login, "change of user refused: no grant");
+}

@@ -1,0 +1,493 @@
+//! The just-in-time workflow's operations: request, approve, deny, extend,
+//! release, and the periodic sweep (request TTL, `grant.expiring`).
+//!
+//! Every operation evaluates the policy ([`crate::policy::evaluate`]) at the
+//! time it runs, writes its audit record before it answers (fail closed),
+//! and hands workflow events to the webhook notifier, which never blocks.
+//! The grant clock starts at the final approval.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::audit::Event;
+use crate::config::HumanDuration;
+use crate::ending::EndReason;
+use crate::gateway::{Gateway, OpError};
+use crate::grants::{GrantId, GrantKind, NewGrant};
+use crate::journal::Record;
+use crate::policy;
+use crate::requests::{Request, RequestError, RequestId, RequestKind, RequestState};
+use crate::sessions::wait_closed;
+
+/// What a requester asks for.
+#[derive(Debug, Clone)]
+pub struct AccessRequest {
+    /// The resource.
+    pub resource: String,
+    /// How long.
+    pub duration: Duration,
+    /// Why.
+    pub reason: String,
+    /// Logins (default: all the policy allows the requester).
+    pub logins: Option<Vec<String>>,
+    /// Source networks: required for ssh/tcp (the API defaults them to the
+    /// request's address); a restriction for postgres/mysql.
+    pub sources: Vec<IpNet>,
+}
+
+/// A created request and what the requester should be told about it.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The request.
+    pub request: Request,
+    /// E.g. "duration capped from 4h to 2h by policy dba-prod".
+    pub notes: Vec<String>,
+}
+
+impl From<RequestError> for OpError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::NotFound(_) => OpError::NotFound(e.to_string()),
+            RequestError::Forbidden(m) => OpError::Forbidden(m),
+            RequestError::Conflict(m) => OpError::Conflict(m),
+        }
+    }
+}
+
+fn ms(d: Duration) -> Option<u64> {
+    Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn request_event(name: &'static str, r: &Request) -> Event {
+    let mut e = Event::new(name);
+    e.request_id = Some(r.id);
+    e.principal = Some(r.principal.clone());
+    e.resource = Some(r.resource.clone());
+    e.grant_id = r.grant_id.or(match r.kind {
+        RequestKind::Extension(g) => Some(g),
+        RequestKind::Access => None,
+    });
+    e.duration_ms = ms(r.duration);
+    e
+}
+
+impl Gateway {
+    /// A requester asks for access; auto-approved policies grant at once.
+    pub fn request_access(&self, principal: &str, ask: AccessRequest) -> Result<Created, OpError> {
+        let now = SystemTime::now();
+        let decision = policy::evaluate(&self.config(), principal, &ask.resource, now)
+            .map_err(|n| OpError::Forbidden(n.explain.last().cloned().unwrap_or_default()))?;
+        if ask.duration.is_zero() {
+            return Err(OpError::Invalid("duration must be greater than 0s".into()));
+        }
+        if decision.require_reason && ask.reason.trim().is_empty() {
+            return Err(OpError::Invalid(format!(
+                "policy {:?} requires a reason (--reason)",
+                decision.policy
+            )));
+        }
+        let mut notes = Vec::new();
+        let duration = ask.duration.min(decision.max_duration.0);
+        if duration < ask.duration {
+            notes.push(format!(
+                "duration capped from {} to {} by policy {:?}",
+                HumanDuration(ask.duration),
+                decision.max_duration,
+                decision.policy
+            ));
+        }
+        let protocol = self.config().resource(&ask.resource).map(|r| r.protocol());
+        let logins = match ask.logins {
+            // ssh/tcp streams carry no login: the source address is the identity.
+            _ if protocol.is_some_and(|p| p.identifies_by_source()) => {
+                if ask.logins.as_ref().is_some_and(|l| !l.is_empty()) {
+                    return Err(OpError::Invalid(format!(
+                        "resource {:?} is reached by source address, not by login: give --source CIDR instead of --login",
+                        ask.resource
+                    )));
+                }
+                if ask.sources.is_empty() {
+                    return Err(OpError::Invalid(format!(
+                        "a request for resource {:?} needs at least one source network (--source CIDR)",
+                        ask.resource
+                    )));
+                }
+                Vec::new()
+            }
+            Some(l) => {
+                if let Some(bad) = l.iter().find(|x| !decision.logins.contains(x)) {
+                    return Err(OpError::Forbidden(format!(
+                        "policy {:?} does not let {principal} use login {bad:?} (allowed: {})",
+                        decision.policy,
+                        decision.logins.join(", ")
+                    )));
+                }
+                l
+            }
+            None => decision.logins.clone(),
+        };
+        let req = Request {
+            id: Uuid::now_v7(),
+            kind: RequestKind::Access,
+            principal: principal.to_string(),
+            resource: ask.resource.clone(),
+            logins,
+            sources: ask.sources,
+            requested: ask.duration,
+            duration,
+            reason: ask.reason,
+            policy: decision.policy.clone(),
+            needed: decision.approvals,
+            approvers: decision.approvers,
+            approvals: Vec::new(),
+            state: RequestState::Pending,
+            created_at: now,
+            expires_at: now + self.config().gateway.request_ttl.0,
+            denied_by: None,
+            deny_reason: None,
+            grant_id: None,
+        };
+        let (created, outcome) = self.submit(req)?;
+        self.notifier.send(
+            "request.created",
+            &format!(
+                "{} requests {} to {} for {}: {}{}",
+                created.principal,
+                if created.logins.is_empty() { String::new() } else { format!("login {}", created.logins.join(",")) },
+                created.resource,
+                HumanDuration(created.duration),
+                created.reason,
+                if outcome == "auto_approved" { " (auto-approved)" } else { "" }
+            ),
+            json!({"request_id": created.id, "principal": created.principal, "resource": created.resource, "state": outcome}),
+        );
+        Ok(Created {
+            request: created,
+            notes,
+        })
+    }
+
+    /// Record a new request (audit, journal) and, when the policy
+    /// auto-approves, act on it at once; returns it with its outcome label.
+    fn submit(&self, req: Request) -> Result<(Request, &'static str), OpError> {
+        let created = self.requests.create(req, |r| {
+            let mut e = request_event("request.created", r);
+            e.reason = Some(r.reason.clone());
+            e.outcome = Some(if r.needed == 0 {
+                "auto_approved"
+            } else {
+                "pending"
+            });
+            self.audit.write(e)?;
+            if r.needed == 0 {
+                r.state = RequestState::Approved;
+                self.grant_for(r)?;
+            }
+            self.journal_request(r)?;
+            Ok::<(), OpError>(())
+        })??;
+        let outcome = if created.state == RequestState::Approved {
+            "auto_approved"
+        } else {
+            "pending"
+        };
+        crate::metrics::request(outcome);
+        self.update_pending_gauge();
+        Ok((created, outcome))
+    }
+
+    /// Create (access) or extend (extension) the grant of an approved request.
+    fn grant_for(&self, r: &mut Request) -> Result<(), OpError> {
+        match r.kind {
+            RequestKind::Access => {
+                let g = self.create_grant(NewGrant {
+                    principal: r.principal.clone(),
+                    resource: r.resource.clone(),
+                    logins: r.logins.clone(),
+                    sources: r.sources.clone(),
+                    duration: r.duration,
+                    reason: r.reason.clone(),
+                    actor: r
+                        .approvals
+                        .last()
+                        .map_or_else(|| "policy".to_string(), |a| a.by.clone()),
+                    kind: GrantKind::Request(r.id),
+                })?;
+                r.grant_id = Some(g.id);
+            }
+            RequestKind::Extension(grant_id) => {
+                let grant = self
+                    .grants
+                    .get(&grant_id)
+                    .ok_or_else(|| OpError::Conflict(format!("grant {grant_id} has ended")))?;
+                let mut e = request_event("grant.extended", r);
+                e.grant_id = Some(grant_id);
+                e.expires_at = Some(grant.expires_at() + r.duration);
+                e.reason = Some(r.reason.clone());
+                e.actor = r.approvals.last().map(|a| a.by.clone());
+                self.audit.write(e)?;
+                self.journal
+                    .append(&Record::GrantExtended {
+                        id: grant_id,
+                        expires_at: grant.expires_at() + r.duration,
+                    })
+                    .map_err(OpError::Journal)?;
+                self.grants
+                    .extend(&grant_id, r.duration)
+                    .ok_or_else(|| OpError::Conflict(format!("grant {grant_id} has ended")))?;
+                grant.expiring_notified.store(false, Ordering::Relaxed);
+                r.grant_id = Some(grant_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// An approver approves; the last approval needed creates the grant.
+    pub fn approve_request(
+        &self,
+        by: &str,
+        id: RequestId,
+        comment: &str,
+    ) -> Result<Request, OpError> {
+        let r = self
+            .requests
+            .approve(&id, by, comment, SystemTime::now(), |r| {
+                let mut e = request_event("request.approved", r);
+                e.actor = Some(by.to_string());
+                e.reason = (!comment.is_empty()).then(|| comment.to_string());
+                e.outcome = Some(if r.state == RequestState::Approved {
+                    "final"
+                } else {
+                    "partial"
+                });
+                self.audit.write(e)?;
+                if r.state == RequestState::Approved {
+                    self.grant_for(r)?;
+                }
+                Ok::<(), OpError>(())
+            })??;
+        if r.state == RequestState::Approved {
+            crate::metrics::request("approved");
+            self.update_pending_gauge();
+        }
+        self.notifier.send(
+            "request.approved",
+            &format!(
+                "{by} approved {}'s request for {} ({}/{}){}",
+                r.principal,
+                r.resource,
+                r.approvals.len(),
+                r.needed,
+                if r.state == RequestState::Approved { ": access granted" } else { "" }
+            ),
+            json!({"request_id": r.id, "principal": r.principal, "resource": r.resource, "actor": by, "state": r.state, "grant_id": r.grant_id}),
+        );
+        Ok(r)
+    }
+
+    /// An approver denies.
+    pub fn deny_request(&self, by: &str, id: RequestId, reason: &str) -> Result<Request, OpError> {
+        if reason.trim().is_empty() {
+            return Err(OpError::Invalid(
+                "a reason is required to deny (--reason)".into(),
+            ));
+        }
+        // Audit before the answer: check first, then record, then deny.
+        let current = self
+            .requests
+            .get(&id)
+            .ok_or_else(|| OpError::NotFound(format!("no request {id}")))?;
+        let mut e = request_event("request.denied", &current);
+        e.actor = Some(by.to_string());
+        e.reason = Some(reason.to_string());
+        let r = self.requests.deny(&id, by, reason, SystemTime::now())?;
+        self.audit.write(e)?;
+        self.journal_request(&r)?;
+        crate::metrics::request("denied");
+        self.update_pending_gauge();
+        self.notifier.send(
+            "request.denied",
+            &format!("{by} denied {}'s request for {}: {reason}", r.principal, r.resource),
+            json!({"request_id": r.id, "principal": r.principal, "resource": r.resource, "actor": by, "reason": reason}),
+        );
+        Ok(r)
+    }
+
+    /// The holder asks for more time on a live grant; the same policy decides.
+    pub fn extend_grant(
+        &self,
+        principal: &str,
+        grant_id: GrantId,
+        by: Duration,
+        reason: &str,
+    ) -> Result<Created, OpError> {
+        let grant = self
+            .grants
+            .get(&grant_id)
+            .ok_or_else(|| OpError::NotFound(format!("no live grant {grant_id}")))?;
+        if grant.principal != principal {
+            return Err(OpError::Forbidden(
+                "only the grant's holder can ask to extend it".into(),
+            ));
+        }
+        if by.is_zero() {
+            return Err(OpError::Invalid("--by must be greater than 0s".into()));
+        }
+        let now = SystemTime::now();
+        let decision = policy::evaluate(&self.config(), principal, &grant.resource, now)
+            .map_err(|n| OpError::Forbidden(n.explain.last().cloned().unwrap_or_default()))?;
+        if decision.require_reason && reason.trim().is_empty() {
+            return Err(OpError::Invalid(format!(
+                "policy {:?} requires a reason (--reason)",
+                decision.policy
+            )));
+        }
+        let mut notes = Vec::new();
+        let duration = by.min(decision.max_duration.0);
+        if duration < by {
+            notes.push(format!(
+                "extension capped from {} to {} by policy {:?}",
+                HumanDuration(by),
+                decision.max_duration,
+                decision.policy
+            ));
+        }
+        let req = Request {
+            id: Uuid::now_v7(),
+            kind: RequestKind::Extension(grant_id),
+            principal: principal.to_string(),
+            resource: grant.resource.clone(),
+            logins: grant.logins.clone(),
+            sources: grant.sources.clone(),
+            requested: by,
+            duration,
+            reason: reason.to_string(),
+            policy: decision.policy.clone(),
+            needed: decision.approvals,
+            approvers: decision.approvers,
+            approvals: Vec::new(),
+            state: RequestState::Pending,
+            created_at: now,
+            expires_at: now + self.config().gateway.request_ttl.0,
+            denied_by: None,
+            deny_reason: None,
+            grant_id: None,
+        };
+        let (created, outcome) = self.submit(req)?;
+        self.notifier.send(
+            "request.created",
+            &format!(
+                "{} asks to extend access to {} by {}: {}",
+                created.principal,
+                created.resource,
+                HumanDuration(created.duration),
+                created.reason
+            ),
+            json!({"request_id": created.id, "principal": created.principal, "resource": created.resource, "grant_id": grant_id, "state": outcome}),
+        );
+        Ok(Created {
+            request: created,
+            notes,
+        })
+    }
+
+    /// The holder ends their own access now; answers once the sessions are closed.
+    pub async fn release_grant(
+        &self,
+        principal: &str,
+        grant_id: GrantId,
+    ) -> Result<usize, OpError> {
+        let grant = self
+            .grants
+            .get(&grant_id)
+            .ok_or_else(|| OpError::NotFound(format!("no live grant {grant_id}")))?;
+        if grant.principal != principal {
+            return Err(OpError::Forbidden(
+                "only the grant's holder can release it".into(),
+            ));
+        }
+        let mut e = Event::new("grant.released");
+        e.grant_id = Some(grant_id);
+        e.principal = Some(grant.principal.clone());
+        e.resource = Some(grant.resource.clone());
+        e.actor = Some(principal.to_string());
+        self.record_removal(e, grant_id);
+        let reason = EndReason::Revoked {
+            by: principal.to_string(),
+            reason: "released by its holder".into(),
+        };
+        let grant = self
+            .grants
+            .remove(&grant_id, reason)
+            .ok_or_else(|| OpError::NotFound(format!("no live grant {grant_id}")))?;
+        crate::metrics::grants_active(self.grants.len());
+        let sessions = self.sessions.on_grant(&grant.id);
+        Ok(wait_closed(&sessions, Duration::from_secs(10)).await)
+    }
+
+    fn journal_request(&self, r: &Request) -> Result<(), OpError> {
+        self.journal
+            .append(&Record::Request(Box::new(r.clone())))
+            .map_err(OpError::Journal)
+    }
+
+    fn update_pending_gauge(&self) {
+        crate::metrics::requests_pending(self.requests.pending());
+    }
+
+    /// Periodic housekeeping: expire pending requests past their TTL and
+    /// announce grants that end within the longest expiry warning.
+    pub fn sweep(&self, now: SystemTime) {
+        if self.journal.wants_compaction() {
+            if let Err(e) = self.compact() {
+                tracing::error!(error = %e, "journal compaction failed; will retry");
+            }
+        }
+        let expired = self.requests.expire_due(now);
+        for r in &expired {
+            let e = request_event("request.expired", r);
+            let _ = self.audit.write(e);
+            let _ = self.journal_request(r);
+            crate::metrics::request("expired");
+            self.notifier.send(
+                "request.expired",
+                &format!(
+                    "{}'s request for {} expired without enough approvals",
+                    r.principal, r.resource
+                ),
+                json!({"request_id": r.id, "principal": r.principal, "resource": r.resource}),
+            );
+        }
+        if !expired.is_empty() {
+            self.update_pending_gauge();
+        }
+        let lead = self
+            .config()
+            .gateway
+            .expiry_warnings
+            .iter()
+            .map(|d| d.0)
+            .max()
+            .unwrap_or(Duration::from_secs(300));
+        for g in self.grants.list() {
+            let left = g.expires_at().duration_since(now).unwrap_or(Duration::ZERO);
+            if left <= lead && !g.expiring_notified.swap(true, Ordering::Relaxed) {
+                self.notifier.send(
+                    "grant.expiring",
+                    &format!(
+                        "{}'s access to {} ends in {}; extend with: jitgate extend {} --by 30m",
+                        g.principal,
+                        g.resource,
+                        HumanDuration(Duration::from_secs(left.as_secs())),
+                        g.id
+                    ),
+                    json!({"grant_id": g.id, "principal": g.principal, "resource": g.resource, "expires_at": crate::timefmt::rfc3339(g.expires_at())}),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Live reload, applied as a diff, each case with a live session through
+//! the real PostgreSQL; and SIGHUP/SIGTERM on the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::process::Command;
+
+/// Start a gateway whose config lives in a file, so `POST /v1/reload` can
+/// read it again; returns the gateway and the file.
+async fn start_with_file(o: Opts) -> (TestGateway, std::path::PathBuf) {
+    let gw = start(o).await;
+    let path = gw.dir.path().join("jitgate.toml");
+    gw.running.gateway.listeners.set_path(path.clone());
+    (gw, path)
+}
+
+fn write(path: &std::path::Path, gw: &TestGateway, o: &Opts, extra_resources: &str) {
+    let text = config_text(o, gw.dir.path()) + extra_resources;
+    std::fs::write(path, text).unwrap();
+}
+
+async fn reload(gw: &TestGateway) -> (u16, serde_json::Value) {
+    gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await
+}
+
+fn pg_at(port: u16) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("test");
+    c
+}
+
+fn second_resource(name: &str, listen: &str) -> String {
+    format!(
+        "\n[[resource]]\nname = \"{name}\"\nprotocol = \"postgres\"\nlisten = \"{listen}\"\nbackend = \"{}\"\n",
+        pg_backend()
+    )
+}
+
+#[tokio::test]
+async fn an_invalid_file_is_rejected_whole_and_sessions_go_on() {
+    let o = Opts::new("rl-invalid");
+    let (gw, path) = start_with_file(o).await;
+    gw.grant("alice", "postgres", Duration::from_secs(60));
+    let c = connect(&gw.pg_config("postgres")).await.unwrap();
+    std::fs::write(&path, "[gateway]\nhandshake_timeuot = \"1s\"\n").unwrap();
+    let (st, body) = reload(&gw).await;
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("jitgate.toml:2:1"),
+        "{body}"
+    );
+    gw.wait_audit("config.rejected", |e| {
+        e["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("handshake_timeuot")
+    })
+    .await;
+    assert!(gw.metric("jitgate_config_reloads_total", &["error"]) >= 1.0);
+    c.client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the session goes on");
+    assert!(gw.running.gateway.config().resource("rl-invalid").is_some());
+}
+
+#[tokio::test]
+async fn resources_are_added_removed_and_rebound_while_others_are_untouched() {
+    let o = Opts::new("rl-keep");
+    let (gw, path) = start_with_file(o).await;
+    let o = Opts::new("rl-keep");
+    let old_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    write(
+        &path,
+        &gw,
+        &o,
+        &second_resource("rl-gone", &format!("127.0.0.1:{old_port}")),
+    );
+    let (st, body) = reload(&gw).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["added"][0], "rl-gone");
+    let gone_addr = gw.running.resource_addr("rl-gone").unwrap();
+
+    // A grant and a live session on each resource.
+    let keep = gw.grant("alice", "postgres", Duration::from_secs(60));
+    let gone = gw
+        .running
+        .gateway
+        .create_grant(jitgate::grants::NewGrant {
+            principal: "alice".into(),
+            resource: "rl-gone".into(),
+            logins: vec!["postgres".into()],
+            sources: vec![],
+            duration: Duration::from_secs(60),
+            reason: "t".into(),
+            actor: "admin".into(),
+            kind: jitgate::grants::GrantKind::BreakGlass,
+        })
+        .unwrap();
+    let kept_session = connect(&gw.pg_config("postgres")).await.unwrap();
+    let gone_session = connect(&pg_at(gone_addr.port())).await.unwrap();
+    gone_session.client.simple_query("SELECT 1").await.unwrap();
+
+    // Move rl-gone to another port: it rebinds.
+    let new_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    write(
+        &path,
+        &gw,
+        &o,
+        &second_resource("rl-gone", &format!("127.0.0.1:{new_port}")),
+    );
+    let (st, body) = reload(&gw).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        gw.running.resource_addr("rl-gone").unwrap().port(),
+        new_port
+    );
+    assert!(
+        tokio::net::TcpStream::connect(gone_addr).await.is_err(),
+        "old address closed"
+    );
+    connect(&pg_at(new_port))
+        .await
+        .expect("new address admits")
+        .client
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+
+    // Remove it: its session ends with the reason, its grant is gone.
+    write(&path, &gw, &o, "");
+    let (st, body) = reload(&gw).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["removed"][0], "rl-gone");
+    let end = tokio::time::timeout(Duration::from_secs(3), gone_session.conn)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = end.expect_err("cut by the reload");
+    assert!(
+        text.contains("ended by a configuration change: resource rl-gone was removed"),
+        "{text}"
+    );
+    assert!(gw.running.gateway.grants.get(&gone.id).is_none());
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", new_port))
+        .await
+        .is_err());
+    gw.wait_audit("session.ended", |e| e["outcome"] == "config")
+        .await;
+    gw.wait_audit("config.reloaded", |_| true).await;
+
+    // The untouched resource, its grant and its session go on.
+    kept_session
+        .client
+        .simple_query("SELECT 1")
+        .await
+        .expect("untouched");
+    assert!(gw.running.gateway.grants.get(&keep.id).is_some());
+}
+
+#[tokio::test]
+async fn tighter_idle_timeout_and_session_cap_apply_to_live_sessions() {
+    let o = Opts::new("rl-limits");
+    let (gw, path) = start_with_file(o).await;
+    gw.grant("alice", "postgres", Duration::from_secs(120));
+    let idle = connect(&gw.pg_config("postgres")).await.unwrap();
+    idle.client.simple_query("SELECT 1").await.unwrap();
+
+    let mut o = Opts::new("rl-limits");
+    o.idle_timeout = "1s";
+    write(&path, &gw, &o, "");
+    let t = Instant::now();
+    let (st, body) = reload(&gw).await;
+    assert_eq!(st, 200, "{body}");
+    let end = tokio::time::timeout(Duration::from_secs(5), idle.conn)
+        .await
+        .expect("idle cut")
+        .unwrap();
+    assert!(end.unwrap_err().contains("idle for 1s"));
+    assert!(idle.client.is_closed());
+    assert!(t.elapsed() < Duration::from_secs(4));
+
+    // A busy session under a lowered max_session.
+    let mut o = Opts::new("rl-limits");
+    o.idle_timeout = "0s";
+    write(&path, &gw, &o, "");
+    assert_eq!(reload(&gw).await.0, 200);
+    let busy = connect(&gw.pg_config("postgres")).await.unwrap();
+    busy.client.simple_query("SELECT 1").await.unwrap();
+    o.max_session = "2s";
+    write(&path, &gw, &o, "");
+    assert_eq!(reload(&gw).await.0, 200);
+    let err = busy
+        .client
+        .simple_query("SELECT pg_sleep(10)")
+        .await
+        .expect_err("capped");
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "57P01");
+    assert!(msg.contains("session cap of 2s"), "{msg}");
+}
+
+#[tokio::test]
+async fn removed_users_and_tightened_policies_end_or_shorten_grants() {
+    let policy = |max: &str| {
+        format!(
+            "\n[[policy]]\nname = \"p\"\nprincipals = [\"alice\"]\nresources = [\"rl-policy\"]\nmax_duration = \"{max}\"\napprovals = 0\n"
+        )
+    };
+    let mut o = Opts::new("rl-policy");
+    o.extra = policy("1h");
+    let (gw, path) = start_with_file(o).await;
+    // bob's break-glass grant, and alice's auto-approved request grant.
+    let bobs = gw.grant("bob", "root", Duration::from_secs(600));
+    let (st, req) = gw
+        .api(
+            "POST",
+            "/v1/requests",
+            Some(ALICE_TOKEN),
+            Some(&serde_json::json!({"resource": "rl-policy", "duration": "1h", "reason": "x"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{req}");
+    let alice = connect(&gw.pg_config("postgres")).await.unwrap();
+    let bob = connect(&gw.pg_config("root")).await.unwrap();
+
+    // Remove bob, cut the policy to 3s.
+    let mut o = Opts::new("rl-policy");
+    o.extra = policy("3s");
+    let text = config_text(&o, gw.dir.path());
+    let bob_block = text.find("name = \"bob\"").unwrap();
+    let start = text[..bob_block].rfind("[[user]]").unwrap();
+    let end = text[bob_block..].find("[[user]]").unwrap() + bob_block;
+    let without_bob = format!("{}{}", &text[..start], &text[end..]);
+    std::fs::write(&path, without_bob).unwrap();
+    let (st, body) = reload(&gw).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["grants_ended"], 1, "{body}");
+    assert_eq!(body["grants_shortened"], 1, "{body}");
+
+    let end = tokio::time::timeout(Duration::from_secs(3), bob.conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(end.unwrap_err().contains("user bob was removed"));
+    assert!(gw.running.gateway.grants.get(&bobs.id).is_none());
+    // alice's grant was made longer than 3s ago? No: it is cut to 3s from its creation.
+    let end = tokio::time::timeout(Duration::from_secs(6), alice.conn)
+        .await
+        .expect("cut to the new max")
+        .unwrap();
+    assert!(end.unwrap_err().contains("expired"));
+    assert!(alice.client.is_closed());
+}
+
+const JITGATE: &str = env!("CARGO_BIN_EXE_jitgate");
+
+#[tokio::test]
+async fn sighup_reloads_and_sigterm_tells_clients_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let pg = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let o = Opts::new("rl-signals");
+    let text = |extra: &str| {
+        config_text(&o, &dir.path().join("state"))
+            .replace(
+                "admin_listen = \"127.0.0.1:0\"",
+                &format!("admin_listen = \"{admin}\"\nwatch_interval = \"0s\""),
+            )
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{pg}\""))
+            + extra
+    };
+    let path = dir.path().join("jitgate.toml");
+    std::fs::write(&path, text("")).unwrap();
+    let mut child = Command::new(JITGATE)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until("gateway up", Duration::from_secs(15), || async {
+        tokio::net::TcpStream::connect(admin).await.is_ok()
+    })
+    .await;
+    let (st, _) = http(
+        admin,
+        "POST",
+        "/v1/grants",
+        Some(ADMIN_TOKEN),
+        Some(&serde_json::json!({"principal": "alice", "resource": "rl-signals", "duration": "5m", "reason": "t"}).to_string()),
+    )
+    .await;
+    assert_eq!(st, 201);
+
+    // SIGHUP: a second resource appears.
+    let extra_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &path,
+        text(&second_resource(
+            "rl-hup",
+            &format!("127.0.0.1:{extra_port}"),
+        )),
+    )
+    .unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until(
+        "reloaded resource listening",
+        Duration::from_secs(10),
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", extra_port))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+
+    // SIGTERM with a live session: the client is told, the process exits 0.
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(pg.port())
+        .user("postgres")
+        .dbname("test");
+    let conn = connect(&c).await.unwrap();
+    conn.client.simple_query("SELECT 1").await.unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let end = tokio::time::timeout(Duration::from_secs(5), conn.conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(end.unwrap_err().contains("gateway is shutting down"));
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
