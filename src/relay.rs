@@ -92,8 +92,10 @@ pub trait Wire: Send {
     fn down_at_boundary(&self) -> bool;
 
     /// Judge client → backend bytes: `pending` is everything read and not
-    /// yet forwarded, `new` its tail read just now.
-    fn inspect_up(&mut self, _pending: &[u8], _new: usize) -> UpVerdict {
+    /// yet forwarded, `new` its tail read just now. The wire may rewrite
+    /// bytes of that tail in place (MySQL renumbers sequence ids during
+    /// authentication when one leg alone uses TLS).
+    fn inspect_up(&mut self, _pending: &mut [u8], _new: usize) -> UpVerdict {
         UpVerdict::Pass
     }
 
@@ -292,7 +294,7 @@ async fn up_step<W: Wire>(
     counter.increment(n as u64);
     let verdict = {
         let mut w = wire.lock().unwrap_or_else(|p| p.into_inner());
-        w.inspect_up(up.buf.get(..up.len).unwrap_or_default(), n)
+        w.inspect_up(up.buf.get_mut(..up.len).unwrap_or_default(), n)
     };
     match verdict {
         UpVerdict::Pass => {

@@ -16,6 +16,15 @@
 //! downgraded), the connection is refused with a message saying to
 //! reconnect, and the next greeting offers what the backend has.
 //!
+//! TLS (`[resource.backend_tls]`): after the greeting, when the mode is not
+//! `disable` and the backend announces `CLIENT_SSL`, jitgate sends an
+//! SSLRequest carrying the capabilities it will log in with (the client's,
+//! narrowed as above, plus `CLIENT_SSL`), runs the TLS handshake
+//! ([`crate::tls::backend_tls`]: `verify-full` checks the CA and the name),
+//! then sends the HandshakeResponse inside TLS with sequence id 2. A backend
+//! without `CLIENT_SSL` is used in plaintext under `prefer` and refused
+//! under `require` and `verify-full`.
+//!
 //! Invariants: every backend read is bounded by [`super::MAX_HANDSHAKE_PACKET`]
 //! and by the session's handshake deadline; the client's auth answer (bound
 //! to jitgate's scramble) is never sent anywhere.
@@ -29,15 +38,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codes;
-use crate::config::ResourceConfig;
+use crate::config::{BackendTlsMode, ResourceConfig};
+use crate::conn::Conn;
 use crate::gateway::Gateway;
 
 /// The auth plugin name jitgate puts in the backend's HandshakeResponse: no
 /// server has it, so every server asks for its own with an AuthSwitchRequest.
 pub const PASSTHROUGH_PLUGIN: &[u8] = b"jitgate_passthrough";
 
-/// Capabilities jitgate offers clients. Left out: `CLIENT_SSL` (no TLS
-/// yet), `CLIENT_COMPRESS` and zstd (the relay frames packets), and
+/// Capabilities jitgate offers clients. Left out: `CLIENT_SSL` (added to
+/// the greeting only when the resource has `[resource.tls]`), `CLIENT_COMPRESS` and zstd (the relay frames packets), and
 /// `CLIENT_LOCAL_FILES` (file data from the client has sequence ids that
 /// wrap to 0, which would make COM_CHANGE_USER undetectable; and it lets a
 /// server read client files), MySQL 8's query attributes and optional
@@ -154,8 +164,11 @@ impl BackendProfiles {
 /// backend's AuthSwitchRequest is the next thing it sends.
 #[derive(Debug)]
 pub struct BackendLeg {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The connection, plaintext or TLS.
+    pub stream: Conn,
+    /// The sequence id of the backend's next packet (2, or 3 after an
+    /// SSLRequest).
+    pub next_seq: u8,
     /// The backend's thread id for this connection (for `KILL CONNECTION`).
     pub connection_id: u32,
     /// Whether `CLIENT_DEPRECATE_EOF` is in force.
@@ -183,6 +196,9 @@ pub enum OpenError {
     /// The backend lacks what jitgate or this client needs.
     #[error("{0}")]
     Incompatible(String),
+    /// TLS to the backend was required and could not be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl OpenError {
@@ -206,6 +222,7 @@ impl OpenError {
     pub fn client_text(&self, name: &str) -> String {
         match self {
             OpenError::Incompatible(why) => format!("jitgate: {why}"),
+            OpenError::Tls(_) => format!("jitgate: cannot reach the backend of {name} over TLS"),
             _ => format!("jitgate: cannot reach the backend of {name}"),
         }
     }
@@ -239,13 +256,51 @@ pub async fn open(
         my::parse_greeting(&packet.payload).map_err(|e| OpenError::Protocol(e.to_string()))?;
     gw.mysql_profiles.learn(resource.name(), &greeting);
     let (response, deprecate_eof) = backend_response(client, greeting.capabilities)?;
+    let tls = gw
+        .listeners
+        .backend_tls(resource.name())
+        .filter(|t| t.mode != BackendTlsMode::Disable);
+    let offers_tls = greeting.capabilities & caps::CLIENT_SSL != 0;
     let mut payload = Vec::with_capacity(256);
-    my::encode_handshake_response(&response, &mut payload);
-    let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
-    my::encode_packet(1, &payload, &mut out);
-    stream.write_all(&out).await?;
+    let mut out = BytesMut::with_capacity(512);
+    let (stream, next_seq) = match tls {
+        Some(t) if offers_tls => {
+            my::encode_ssl_request(&response, &mut payload);
+            my::encode_packet(1, &payload, &mut out);
+            stream.write_all(&out).await?;
+            let Some(config) = t.config.clone() else {
+                return Err(OpenError::Tls("no client configuration".into()));
+            };
+            let tls =
+                tokio_rustls::TlsConnector::from(config).connect(t.server_name.clone(), stream);
+            let mut tls = tokio::time::timeout_at(deadline, tls)
+                .await
+                .map_err(|_| OpenError::Timeout)?
+                .map_err(|e| OpenError::Tls(format!("handshake failed: {e}")))?;
+            payload.clear();
+            out.clear();
+            my::encode_handshake_response_over_tls(&response, &mut payload);
+            my::encode_packet(2, &payload, &mut out);
+            tls.write_all(&out).await?;
+            tls.flush().await?;
+            (Conn::TlsClient(Box::new(tls)), 3)
+        }
+        Some(t) if t.mode != BackendTlsMode::Prefer => {
+            return Err(OpenError::Tls(
+                "the backend does not offer TLS (CLIENT_SSL); backend_tls mode is not \"prefer\""
+                    .into(),
+            ));
+        }
+        _ => {
+            my::encode_handshake_response(&response, &mut payload);
+            my::encode_packet(1, &payload, &mut out);
+            stream.write_all(&out).await?;
+            (Conn::Plain(stream), 2)
+        }
+    };
     Ok(BackendLeg {
         stream,
+        next_seq,
         connection_id: greeting.connection_id,
         deprecate_eof,
     })

@@ -2,8 +2,12 @@
 //! protocol after jitgate's part of the handshake).
 //!
 //! - Until the backend's OK (or ERR) ends authentication, its packets are
-//!   taken whole (at most 64 KiB each) and forwarded unchanged: the
-//!   AuthSwitchRequest jitgate provoked, AuthMoreData, then OK.
+//!   taken whole (at most 64 KiB each) and forwarded: the
+//!   AuthSwitchRequest jitgate provoked, AuthMoreData, then OK. When only
+//!   one leg uses TLS, its SSLRequest took one sequence id the other leg
+//!   never saw: during authentication the sequence ids are renumbered by
+//!   that difference in both directions (the only bytes jitgate changes);
+//!   commands start again at 0, so afterwards nothing is renumbered.
 //! - After it, both directions are only *framed* ([`PacketFramer`]):
 //!   payload boundaries (a payload of 16 MiB or more spans several packets,
 //!   and nothing may be placed between them) and each payload's first bytes.
@@ -61,27 +65,65 @@ pub struct MyWire {
     /// The end action ran (the backend thread is being killed already).
     kill_started: bool,
     on_login_changed: LoginChanged,
+    /// Client sequence id minus backend sequence id during authentication
+    /// (wrapping; 0 when both legs or neither use TLS).
+    shift: u8,
+    up_seq: SeqFix,
+}
+
+/// Finds the sequence-id byte of each client packet in a byte stream, to
+/// renumber it (see the module header).
+#[derive(Debug, Default)]
+struct SeqFix {
+    /// Length bytes of the current header seen so far.
+    len: [u8; 3],
+    seen: usize,
+    /// Payload bytes of the current packet still to come.
+    remaining: usize,
+}
+
+impl SeqFix {
+    /// Walk `bytes`, subtracting `shift` from every sequence id in them.
+    fn apply(&mut self, bytes: &mut [u8], shift: u8) {
+        for b in bytes {
+            if self.remaining > 0 {
+                self.remaining -= 1;
+            } else if let Some(slot) = self.len.get_mut(self.seen) {
+                *slot = *b;
+                self.seen += 1;
+            } else {
+                *b = b.wrapping_sub(shift);
+                let [l0, l1, l2] = self.len;
+                self.remaining = usize::from(l0) | usize::from(l1) << 8 | usize::from(l2) << 16;
+                self.seen = 0;
+            }
+        }
+    }
 }
 
 impl MyWire {
     /// A wire for `session`, whose backend has been sent the login and will
-    /// answer with sequence id 2.
+    /// answer with sequence id `backend_next` (2, or 3 over TLS), while the
+    /// client expects `client_next` (likewise).
     pub fn new(
         session: Arc<Session>,
         deprecate_eof: bool,
         kill: Option<KillTarget>,
         on_login_changed: LoginChanged,
+        (client_next, backend_next): (u8, u8),
     ) -> Self {
         MyWire {
             session,
             authed: false,
             up: PacketFramer::new(MAX_HEAD),
             down: PacketFramer::new(DOWN_HEAD),
-            conv: Conversation::in_auth(deprecate_eof, 2),
+            conv: Conversation::in_auth(deprecate_eof, client_next),
             up_judged: false,
             kill,
             kill_started: false,
             on_login_changed,
+            shift: client_next.wrapping_sub(backend_next),
+            up_seq: SeqFix::default(),
         }
     }
 }
@@ -151,9 +193,10 @@ impl Wire for MyWire {
             else {
                 break;
             };
+            let seq = p.seq.wrapping_add(self.shift);
             self.conv
-                .server_payload(&PayloadHead::from_payload(p.seq, &p.payload));
-            my::encode_packet(p.seq, &p.payload, out);
+                .server_payload(&PayloadHead::from_payload(seq, &p.payload));
+            my::encode_packet(seq, &p.payload, out);
             // OK or ERR ends the exchange; what follows is framed raw.
             self.authed = self.conv.idle();
         }
@@ -173,7 +216,46 @@ impl Wire for MyWire {
         self.down.at_boundary()
     }
 
-    fn inspect_up(&mut self, pending: &[u8], new: usize) -> crate::relay::UpVerdict {
+    fn inspect_up(&mut self, pending: &mut [u8], new: usize) -> crate::relay::UpVerdict {
+        let verdict = self.judge_up(pending, new);
+        // Renumber after judging: the conversation follows the client's ids.
+        if self.shift != 0 && !self.authed {
+            let at = pending.len().saturating_sub(new);
+            if let Some(chunk) = pending.get_mut(at..) {
+                self.up_seq.apply(chunk, self.shift);
+            }
+        }
+        verdict
+    }
+
+    fn farewell(&mut self, session: &Session, reason: &EndReason) -> Option<Vec<u8>> {
+        let text = ClientText {
+            reason,
+            resource: &session.resource,
+        }
+        .to_string();
+        let (code, state) = match reason {
+            EndReason::LoginDenied { .. } => codes::ACCESS_DENIED,
+            _ => codes::CONNECTION_KILLED,
+        };
+        let mut payload = Vec::with_capacity(text.len() + 9);
+        my::encode_err(code, Some(state), &text, &mut payload);
+        let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
+        my::encode_packet(self.conv.farewell_seq(), &payload, &mut out);
+        Some(out.to_vec())
+    }
+
+    fn end_action(&mut self) -> Option<EndAction> {
+        let done = self.spawn_kill()?;
+        Some(Box::pin(async move {
+            let _ = done.await;
+        }))
+    }
+}
+
+impl MyWire {
+    /// [`Wire::inspect_up`] before any renumbering.
+    fn judge_up(&mut self, pending: &[u8], new: usize) -> UpVerdict {
         let chunk = pending
             .get(pending.len().saturating_sub(new)..)
             .unwrap_or_default();
@@ -214,30 +296,6 @@ impl Wire for MyWire {
         }
         UpVerdict::Pass
     }
-
-    fn farewell(&mut self, session: &Session, reason: &EndReason) -> Option<Vec<u8>> {
-        let text = ClientText {
-            reason,
-            resource: &session.resource,
-        }
-        .to_string();
-        let (code, state) = match reason {
-            EndReason::LoginDenied { .. } => codes::ACCESS_DENIED,
-            _ => codes::CONNECTION_KILLED,
-        };
-        let mut payload = Vec::with_capacity(text.len() + 9);
-        my::encode_err(code, Some(state), &text, &mut payload);
-        let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
-        my::encode_packet(self.conv.farewell_seq(), &payload, &mut out);
-        Some(out.to_vec())
-    }
-
-    fn end_action(&mut self) -> Option<EndAction> {
-        let done = self.spawn_kill()?;
-        Some(Box::pin(async move {
-            let _ = done.await;
-        }))
-    }
 }
 
 impl MyWire {
@@ -273,5 +331,28 @@ impl Drop for MyWire {
         if !self.conv.idle() && tokio::runtime::Handle::try_current().is_ok() {
             drop(self.spawn_kill());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeqFix;
+
+    #[test]
+    fn sequence_ids_are_renumbered_across_split_headers_and_payloads() {
+        // Two client packets (ids 4 and 6, payloads of 3 and 0 bytes),
+        // renumbered by a shift of 1, fed in awkward pieces.
+        let mut bytes = b"\x03\x00\x00\x04abc\x00\x00\x00\x06".to_vec();
+        let mut fix = SeqFix::default();
+        let (a, rest) = bytes.split_at_mut(2);
+        fix.apply(a, 1);
+        let (b, c) = rest.split_at_mut(4);
+        fix.apply(b, 1);
+        fix.apply(c, 1);
+        assert_eq!(bytes, b"\x03\x00\x00\x03abc\x00\x00\x00\x05");
+        // A shift the other way (the backend is ahead) wraps correctly.
+        let mut more = b"\x01\x00\x00\xffz".to_vec();
+        fix.apply(&mut more, 0u8.wrapping_sub(1));
+        assert_eq!(more, b"\x01\x00\x00\x00z");
     }
 }

@@ -1,0 +1,477 @@
+//! TLS on MySQL resources with real clients: mysql_async (rustls) and the
+//! `mysql` CLI through the gateway to the real MariaDB; `require`; client
+//! certificates as identity; garbage after an SSLRequest; the backend leg
+//! (`prefer` falls back on a MariaDB without TLS, `require` refuses it, and
+//! a small in-process TLS backend shows the SSLRequest and the response
+//! inside TLS). Certificates are made in the test with rcgen.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::mysql::*;
+use common::*;
+use mysql_async::prelude::Queryable;
+use mysql_async::{ClientIdentity, OptsBuilder, SslOpts};
+use proxy_protocols::mysql::{self as my, caps};
+use rcgen::{CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    pem: PathBuf,
+}
+
+fn ca(dir: &Path, name: &str) -> Ca {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let pem = dir.join(format!("{name}.pem"));
+    std::fs::write(&pem, issuer.pem()).unwrap();
+    Ca { issuer, pem }
+}
+
+/// A leaf certificate signed by `ca`; returns (cert path, key path).
+fn leaf(dir: &Path, ca: &Ca, file: &str, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+    let mut p =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    let (c, k) = (
+        dir.join(format!("{file}.crt")),
+        dir.join(format!("{file}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+fn tls_block(cert: &Path, key: &Path, more: &str) -> String {
+    format!(
+        "[resource.tls]\ncert = \"{}\"\nkey = \"{}\"\n{more}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// A server certificate for 127.0.0.1 / localhost from a new CA in `dir`.
+fn server_cert(dir: &Path) -> (Ca, PathBuf, PathBuf) {
+    let root = ca(dir, "root");
+    let (cert, key) = leaf(
+        dir,
+        &root,
+        "server",
+        "localhost",
+        &["localhost", "127.0.0.1"],
+    );
+    (root, cert, key)
+}
+
+/// mysql_async options through the gateway over TLS, trusting `ca`.
+fn tls_opts(gw: &TestGateway, login: (&str, &str), ssl: SslOpts) -> mysql_async::Opts {
+    OptsBuilder::from_opts(gw.my_opts(login))
+        .ssl_opts(ssl)
+        .into()
+}
+
+fn trusting(ca: &Path) -> SslOpts {
+    SslOpts::default()
+        .with_root_certs(vec![ca.to_path_buf().into()])
+        .with_disable_built_in_roots(true)
+}
+
+async fn my_conn(opts: mysql_async::Opts) -> mysql_async::Result<mysql_async::Conn> {
+    tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts))
+        .await
+        .expect("connect did not finish in time")
+}
+
+/// The `mysql` CLI against the gateway with extra TLS arguments.
+async fn cli_tls(gw: &TestGateway, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new("mysql")
+        .args(["--protocol=TCP", "-h", "localhost", "-P"])
+        .arg(gw.addr().port().to_string())
+        .args(["-u", ALICE.0, &format!("-p{}", ALICE.1)])
+        .args(["--skip-reconnect", "--batch", "--skip-column-names"])
+        .args(args)
+        .args(["test", "-e", "SELECT 6 * 7"])
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(15), out)
+        .await
+        .expect("the mysql CLI did not exit in time")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn mysql_async_and_the_cli_over_tls_and_plaintext_refused_when_required() {
+    setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, cert, key) = server_cert(dir.path());
+    let mut o = Opts::mysql("my-tls");
+    o.resource_extra = tls_block(&cert, &key, "require = true");
+    let gw = start(o).await;
+    gw.grant("alice", ALICE.0, Duration::from_secs(120));
+
+    // mysql_async with rustls, verifying the gateway's certificate: the
+    // backend's auth exchange goes through with renumbered sequence ids.
+    let mut c = my_conn(tls_opts(&gw, ALICE, trusting(&root.pem)))
+        .await
+        .unwrap();
+    let n: i64 = c.query_first("SELECT 40 + 2").await.unwrap().unwrap();
+    assert_eq!(n, 42);
+    let who: String = c
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(who, "jg_alice@%");
+    c.disconnect().await.unwrap();
+
+    // The mysql CLI, verifying the certificate and its name.
+    let root_pem = root.pem.display().to_string();
+    let ca_arg = format!("--ssl-ca={root_pem}");
+    let (ok, out) = cli_tls(&gw, &["--ssl", &ca_arg, "--ssl-verify-server-cert"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(out, "42\n");
+
+    // A CLI that trusts another CA refuses the gateway's certificate.
+    let other = ca(dir.path(), "other");
+    let other_arg = format!("--ssl-ca={}", other.pem.display());
+    let (ok, out) = cli_tls(&gw, &["--ssl", &other_arg, "--ssl-verify-server-cert"]).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("ERROR 2026"), "{out}");
+
+    // Plaintext when TLS is required: a clear ERR, from both clients.
+    let e = gw.my_connect(ALICE).await.expect_err("plaintext refused");
+    let (code, state, message) = server_error(&e);
+    assert_eq!((code, state.as_str()), (3159, "HY000"));
+    assert!(
+        message.contains("Connections using insecure transport are prohibited")
+            && message.contains("my-tls requires TLS"),
+        "{message}"
+    );
+    let (ok, out) = cli_tls(&gw, &["--skip-ssl"]).await;
+    assert!(!ok);
+    assert!(out.contains("ERROR 3159"), "{out}");
+    assert!(out.contains("insecure transport"), "{out}");
+
+    // The gateway keeps serving TLS clients.
+    let mut c = my_conn(tls_opts(&gw, ALICE, trusting(&root.pem)))
+        .await
+        .unwrap();
+    c.query_drop("DO 1").await.unwrap();
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_certificate_must_name_the_login() {
+    setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, cert, key) = server_cert(dir.path());
+    let clients = ca(dir.path(), "clients");
+    let more = format!(
+        "client_ca = \"{}\"\nidentity = \"certificate\"",
+        clients.pem.display()
+    );
+    let mut o = Opts::mysql("my-tls-cert");
+    o.resource_extra = tls_block(&cert, &key, &more);
+    let gw = start(o).await;
+    gw.grant("alice", ALICE.0, Duration::from_secs(120));
+
+    let with_cert = |cn: &str, file: &str| {
+        let (c, k) = leaf(dir.path(), &clients, file, cn, &[]);
+        trusting(&root.pem).with_client_identity(Some(ClientIdentity::new(c.into(), k.into())))
+    };
+    // The certificate names the login: admitted.
+    let mut c = my_conn(tls_opts(&gw, ALICE, with_cert(ALICE.0, "alice")))
+        .await
+        .unwrap();
+    let n: i64 = c.query_first("SELECT 6 * 7").await.unwrap().unwrap();
+    assert_eq!(n, 42);
+    c.disconnect().await.unwrap();
+
+    // Someone else's certificate with alice's password: refused.
+    let e = my_conn(tls_opts(&gw, ALICE, with_cert(BOB.0, "bob")))
+        .await
+        .expect_err("the certificate names another login");
+    let (code, state, message) = server_error(&e);
+    assert_eq!((code, state.as_str()), (1045, "28000"));
+    assert!(
+        message.contains("client certificate does not name login \"jg_alice\""),
+        "{message}"
+    );
+}
+
+/// Read one packet: (sequence id, payload).
+async fn read_packet(s: &mut (impl AsyncReadExt + Unpin)) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .expect("a packet in time")
+        .unwrap();
+    let (len, seq) = my::parse_header(head);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    (seq, payload)
+}
+
+/// Everything until the peer closes (a reset counts as a close).
+async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(buf.get(..n).unwrap()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the gateway did not close the connection");
+    out
+}
+
+/// An SSLRequest packet (sequence id 1) with the usual client capabilities.
+fn ssl_request() -> Vec<u8> {
+    let r = response(b"jg_alice");
+    let mut payload = Vec::new();
+    my::encode_ssl_request(&r, &mut payload);
+    let mut out = BytesMut::new();
+    my::encode_packet(1, &payload, &mut out);
+    out.to_vec()
+}
+
+fn response(user: &[u8]) -> my::HandshakeResponse {
+    my::HandshakeResponse {
+        capabilities: caps::CLIENT_LONG_PASSWORD
+            | caps::CLIENT_PROTOCOL_41
+            | caps::CLIENT_SECURE_CONNECTION
+            | caps::CLIENT_PLUGIN_AUTH
+            | caps::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA,
+        max_packet: 1 << 24,
+        collation: 45,
+        user: user.to_vec(),
+        auth_plugin: Some(b"mysql_native_password".to_vec()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn garbage_after_an_ssl_request_or_a_plaintext_response_claiming_tls_is_refused() {
+    setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, cert, key) = server_cert(dir.path());
+    let mut o = Opts::mysql("my-tls-bad");
+    o.resource_extra = tls_block(&cert, &key, "");
+    let gw = start(o).await;
+    gw.grant("alice", ALICE.0, Duration::from_secs(120));
+
+    // The greeting offers TLS.
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    let (seq, payload) = read_packet(&mut s).await;
+    assert_eq!(seq, 0);
+    let g = my::parse_greeting(&payload).unwrap();
+    assert_ne!(g.capabilities & caps::CLIENT_SSL, 0);
+    // SSLRequest, then garbage where the ClientHello belongs, in one write:
+    // the TLS handshake fails and the socket is closed.
+    let mut bytes = ssl_request();
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    s.write_all(&bytes).await.unwrap();
+    let out = read_until_closed(&mut s).await;
+    assert!(
+        !out.starts_with(b"\x16"),
+        "no TLS answer to garbage: {out:?}"
+    );
+
+    // A full response with CLIENT_SSL, in plaintext: the login would travel
+    // in the clear; refused with an ERR.
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    read_packet(&mut s).await;
+    let mut r = response(b"jg_alice");
+    r.auth_response = vec![7; 20];
+    let mut payload = Vec::new();
+    my::encode_handshake_response_over_tls(&r, &mut payload);
+    let mut pkt = BytesMut::new();
+    my::encode_packet(1, &payload, &mut pkt);
+    s.write_all(&pkt).await.unwrap();
+    let out = read_until_closed(&mut s).await;
+    let mut buf = BytesMut::from(&out[..]);
+    let p = my::decode_packet(&mut buf, 1 << 16).unwrap().unwrap();
+    assert_eq!(p.seq, 2);
+    let e = my::parse_err(&p.payload).unwrap();
+    assert_eq!(e.code, 1043);
+    let text = String::from_utf8(e.message).unwrap();
+    assert!(text.contains("claims TLS"), "{text}");
+
+    assert!(gw.audit_events("session.started").is_empty());
+    // The gateway keeps serving, TLS and plaintext (not required here).
+    let mut c = my_conn(tls_opts(&gw, ALICE, trusting(&root.pem)))
+        .await
+        .unwrap();
+    c.query_drop("DO 1").await.unwrap();
+    c.disconnect().await.unwrap();
+    let mut c = gw.my_connect(ALICE).await.unwrap();
+    c.query_drop("DO 1").await.unwrap();
+    c.disconnect().await.unwrap();
+}
+
+/// The local MariaDB has TLS switched off (`have_ssl = DISABLED`), as this
+/// test expects: with it on, `require` would succeed.
+async fn backend_has_tls() -> bool {
+    let mut c = my_direct().await;
+    let v: Option<(String, String)> = c
+        .query_first("SHOW VARIABLES LIKE 'have_ssl'")
+        .await
+        .unwrap();
+    v.is_some_and(|(_, v)| v == "YES")
+}
+
+#[tokio::test]
+async fn backend_tls_prefer_falls_back_and_require_refuses_a_backend_without_tls() {
+    setup().await;
+    if backend_has_tls().await {
+        eprintln!("skipped: the local MariaDB has TLS on");
+        return;
+    }
+    let mut o = Opts::mysql("my-btls-prefer");
+    o.resource_extra = "[resource.backend_tls]\nmode = \"prefer\"\n".into();
+    let gw = start(o).await;
+    gw.grant("alice", ALICE.0, Duration::from_secs(120));
+    let mut c = gw.my_connect(ALICE).await.unwrap();
+    let n: i64 = c.query_first("SELECT 6 * 7").await.unwrap().unwrap();
+    assert_eq!(n, 42);
+    c.disconnect().await.unwrap();
+
+    let mut o = Opts::mysql("my-btls-require");
+    o.resource_extra = "[resource.backend_tls]\nmode = \"require\"\n".into();
+    let gw = start(o).await;
+    gw.grant("alice", ALICE.0, Duration::from_secs(120));
+    let e = gw
+        .my_connect(ALICE)
+        .await
+        .expect_err("no TLS on the backend");
+    let (code, _, message) = server_error(&e);
+    assert_eq!(code, 2003);
+    assert_eq!(
+        message,
+        "jitgate: cannot reach the backend of my-btls-require over TLS"
+    );
+}
+
+/// A backend that offers TLS, takes the SSLRequest, runs TLS and reads the
+/// HandshakeResponse inside it, then answers with an ERR (sequence id 3)
+/// naming the user it saw, so the client shows what happened inside TLS.
+async fn tls_backend(cert: &Path, key: &Path) -> std::net::SocketAddr {
+    let certs = jitgate::tls::load_certs(cert).unwrap();
+    let key = jitgate::tls::load_key(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(jitgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let g = my::Greeting {
+                    server_version: b"5.5.5-10.11.0-FakeTLS".to_vec(),
+                    connection_id: 7,
+                    scramble: vec![b'x'; 20],
+                    capabilities: 0x81ff_f7fe | caps::CLIENT_SSL,
+                    collation: 45,
+                    status: 2,
+                    mariadb_ext: 0,
+                    auth_plugin: b"mysql_native_password".to_vec(),
+                };
+                let mut payload = Vec::new();
+                my::encode_greeting(&g, &mut payload);
+                let mut out = BytesMut::new();
+                my::encode_packet(0, &payload, &mut out);
+                s.write_all(&out).await.unwrap();
+                let (seq, req) = read_packet(&mut s).await;
+                assert_eq!((seq, req.len()), (1, 32), "an SSLRequest");
+                let caps_seen = u32::from_le_bytes(req[..4].try_into().unwrap());
+                assert_ne!(caps_seen & caps::CLIENT_SSL, 0);
+                let mut tls = acceptor.accept(s).await.unwrap();
+                let (seq, resp) = read_packet(&mut tls).await;
+                assert_eq!(seq, 2);
+                let r = my::parse_response_over_tls(&resp).unwrap();
+                let text = format!(
+                    "fake backend: {} over TLS, plugin {}",
+                    r.user_str().unwrap(),
+                    String::from_utf8_lossy(r.auth_plugin.as_deref().unwrap_or_default())
+                );
+                let mut payload = Vec::new();
+                my::encode_err(1045, Some("28000"), &text, &mut payload);
+                let mut out = BytesMut::new();
+                my::encode_packet(3, &payload, &mut out);
+                tls.write_all(&out).await.unwrap();
+                tls.shutdown().await.ok();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn backend_tls_verify_full_sends_the_login_inside_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, cert, key) = server_cert(dir.path());
+    let backend = tls_backend(&cert, &key).await;
+    let mut o = Opts::mysql("my-btls-fake");
+    o.backend = backend.to_string();
+    o.kill_account = None;
+    o.resource_extra = format!(
+        "{}[resource.backend_tls]\nmode = \"verify-full\"\nca = \"{}\"\nserver_name = \"localhost\"\n",
+        tls_block(&cert, &key, ""),
+        root.pem.display()
+    );
+    let gw = start(o).await;
+    gw.grant("alice", ALICE.0, Duration::from_secs(120));
+    // A plaintext client: the backend's ERR (sequence id 3 inside TLS)
+    // reaches it renumbered to 2, which mysql_async checks; a TLS client
+    // expects 3 and gets it unchanged.
+    let want = "fake backend: jg_alice over TLS, plugin jitgate_passthrough";
+    let e = gw.my_connect(ALICE).await.expect_err("the fake refuses");
+    let (code, _, message) = server_error(&e);
+    assert_eq!((code, message.as_str()), (1045, want));
+    let e = my_conn(tls_opts(&gw, ALICE, trusting(&root.pem)))
+        .await
+        .expect_err("the fake refuses");
+    let (code, _, message) = server_error(&e);
+    assert_eq!((code, message.as_str()), (1045, want));
+
+    // verify-full with a name the certificate does not carry: refused.
+    let mut o = Opts::mysql("my-btls-badname");
+    o.backend = backend.to_string();
+    o.kill_account = None;
+    o.resource_extra = format!(
+        "[resource.backend_tls]\nmode = \"verify-full\"\nca = \"{}\"\nserver_name = \"db.example\"\n",
+        root.pem.display()
+    );
+    let gw = start(o).await;
+    gw.grant("alice", ALICE.0, Duration::from_secs(120));
+    let e = gw.my_connect(ALICE).await.expect_err("wrong name");
+    let (code, _, message) = server_error(&e);
+    assert_eq!(code, 2003);
+    assert!(message.contains("over TLS"), "{message}");
+}
