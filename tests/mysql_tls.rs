@@ -203,6 +203,16 @@ async fn a_client_certificate_must_name_the_login() {
     assert_eq!(n, 42);
     c.disconnect().await.unwrap();
 
+    // A certificate from another CA fails the TLS handshake itself.
+    let strangers = ca(dir.path(), "strangers");
+    let (c, k) = leaf(dir.path(), &strangers, "mallory", ALICE.0, &[]);
+    let ssl =
+        trusting(&root.pem).with_client_identity(Some(ClientIdentity::new(c.into(), k.into())));
+    let e = my_conn(tls_opts(&gw, ALICE, ssl))
+        .await
+        .expect_err("a foreign certificate");
+    assert!(!matches!(e, mysql_async::Error::Server(_)), "{e:?}");
+
     // Someone else's certificate with alice's password: refused.
     let e = my_conn(tls_opts(&gw, ALICE, with_cert(BOB.0, "bob")))
         .await
@@ -328,6 +338,67 @@ async fn garbage_after_an_ssl_request_or_a_plaintext_response_claiming_tls_is_re
     let mut c = gw.my_connect(ALICE).await.unwrap();
     c.query_drop("DO 1").await.unwrap();
     c.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_hello_in_the_same_segment_as_the_ssl_request_is_served() {
+    setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, cert, key) = server_cert(dir.path());
+    let mut o = Opts::mysql("my-tls-segment");
+    o.resource_extra = tls_block(&cert, &key, "");
+    let gw = start(o).await;
+    let addr = gw.addr();
+    let root_pem = root.pem.clone();
+    // Blocking rustls over a std socket: the ClientHello is taken out of the
+    // connection and written together with the SSLRequest in one write.
+    let (seq, payload) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in jitgate::tls::load_certs(&root_pem).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(jitgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = [0u8; 4];
+        tcp.read_exact(&mut head).unwrap();
+        let mut greeting = vec![0u8; my::parse_header(head).0];
+        tcp.read_exact(&mut greeting).unwrap();
+        let mut tls = rustls::ClientConnection::new(
+            std::sync::Arc::new(config),
+            "localhost".try_into().unwrap(),
+        )
+        .unwrap();
+        let mut first = ssl_request();
+        tls.write_tls(&mut first).unwrap();
+        tcp.write_all(&first).unwrap();
+        let mut s = rustls::StreamOwned::new(tls, tcp);
+        // bob's login: no grant, so jitgate answers inside TLS with seq 3.
+        let mut payload = Vec::new();
+        my::encode_handshake_response_over_tls(&response(BOB.0.as_bytes()), &mut payload);
+        let mut pkt = BytesMut::new();
+        my::encode_packet(2, &payload, &mut pkt);
+        s.write_all(&pkt).unwrap();
+        s.read_exact(&mut head).unwrap();
+        let mut payload = vec![0u8; my::parse_header(head).0];
+        s.read_exact(&mut payload).unwrap();
+        (head[3], payload)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seq, 3);
+    let e = my::parse_err(&payload).unwrap();
+    assert_eq!(e.code, 1045);
+    let text = String::from_utf8(e.message).unwrap();
+    assert_eq!(
+        text,
+        "jitgate: no active access grant for \"jg_bob\" on \"my-tls-segment\""
+    );
 }
 
 /// The local MariaDB has TLS switched off (`have_ssl = DISABLED`), as this
