@@ -546,3 +546,95 @@ async fn backend_tls_verify_full_sends_the_login_inside_tls() {
     assert_eq!(code, 2003);
     assert!(message.contains("over TLS"), "{message}");
 }
+
+/// A TLS backend for the kill account: after TLS and a login as
+/// `jg_killer`, it answers OK and reports the one query it is sent.
+async fn tls_kill_backend(
+    cert: &Path,
+    key: &Path,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let certs = jitgate::tls::load_certs(cert).unwrap();
+    let key = jitgate::tls::load_key(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(jitgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let g = my::Greeting {
+            server_version: b"5.5.5-10.11.0-FakeTLS".to_vec(),
+            connection_id: 8,
+            scramble: vec![b'y'; 20],
+            capabilities: 0x81ff_f7fe | caps::CLIENT_SSL,
+            collation: 45,
+            status: 2,
+            mariadb_ext: 0,
+            auth_plugin: b"mysql_native_password".to_vec(),
+        };
+        let mut payload = Vec::new();
+        my::encode_greeting(&g, &mut payload);
+        let mut out = BytesMut::new();
+        my::encode_packet(0, &payload, &mut out);
+        s.write_all(&out).await.unwrap();
+        let (seq, req) = read_packet(&mut s).await;
+        assert_eq!((seq, req.len()), (1, 32), "an SSLRequest");
+        let mut tls = acceptor.accept(s).await.unwrap();
+        let (seq, resp) = read_packet(&mut tls).await;
+        assert_eq!(seq, 2);
+        let r = my::parse_response_over_tls(&resp).unwrap();
+        assert_eq!(r.user, KILLER.0.as_bytes());
+        let want = my::scramble_native(&[b'y'; 20], KILLER.1.as_bytes()).unwrap();
+        assert_eq!(r.auth_response, want.to_vec(), "the kill account's answer");
+        let ok = b"\x00\x00\x00\x02\x00\x00\x00";
+        let mut out = BytesMut::new();
+        my::encode_packet(3, ok, &mut out);
+        tls.write_all(&out).await.unwrap();
+        tls.flush().await.unwrap();
+        let (seq, query) = read_packet(&mut tls).await;
+        assert_eq!((seq, query.first()), (0, Some(&0x03)));
+        tx.send(String::from_utf8_lossy(&query[1..]).into_owned())
+            .unwrap();
+        let mut out = BytesMut::new();
+        my::encode_packet(1, ok, &mut out);
+        tls.write_all(&out).await.unwrap();
+        tls.flush().await.unwrap();
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn the_kill_account_logs_in_over_backend_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, cert, key) = server_cert(dir.path());
+    let (addr, mut queries) = tls_kill_backend(&cert, &key).await;
+    let cfg: jitgate::config::BackendTlsConfig = toml::from_str(&format!(
+        "mode = \"verify-full\"\nca = \"{}\"\nserver_name = \"localhost\"\n",
+        root.pem.display()
+    ))
+    .unwrap();
+    let tls = jitgate::tls::backend_tls(Some(&cfg), &addr.to_string()).unwrap();
+    let target = jitgate::mysql::kill::KillTarget {
+        backend: addr.to_string(),
+        account: jitgate::config::KillAccount {
+            user: KILLER.0.into(),
+            password: KILLER.1.into(),
+        },
+        connection_id: 77,
+        timeout: Duration::from_secs(5),
+        tls: Some(std::sync::Arc::new(tls)),
+        tracker: tokio_util::task::TaskTracker::new(),
+    };
+    jitgate::mysql::kill::kill_connection(&target)
+        .await
+        .unwrap();
+    assert_eq!(queries.recv().await.unwrap(), "KILL CONNECTION 77");
+}

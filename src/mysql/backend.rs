@@ -34,13 +34,14 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use dashmap::DashMap;
 use proxy_protocols::mysql::{self as my, caps, Greeting, HandshakeResponse};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codes;
 use crate::config::{BackendTlsMode, ResourceConfig};
 use crate::conn::Conn;
 use crate::gateway::Gateway;
+use crate::tls::BackendTls;
 
 /// The auth plugin name jitgate puts in the backend's HandshakeResponse: no
 /// server has it, so every server asks for its own with an AuthSwitchRequest.
@@ -256,42 +257,22 @@ pub async fn open(
         my::parse_greeting(&packet.payload).map_err(|e| OpenError::Protocol(e.to_string()))?;
     gw.mysql_profiles.learn(resource.name(), &greeting);
     let (response, deprecate_eof) = backend_response(client, greeting.capabilities)?;
-    let tls = gw
-        .listeners
-        .backend_tls(resource.name())
-        .filter(|t| t.mode != BackendTlsMode::Disable);
-    let offers_tls = greeting.capabilities & caps::CLIENT_SSL != 0;
+    let tls = gw.listeners.backend_tls(resource.name());
     let mut payload = Vec::with_capacity(256);
     let mut out = BytesMut::with_capacity(512);
-    let (stream, next_seq) = match tls {
-        Some(t) if offers_tls => {
-            my::encode_ssl_request(&response, &mut payload);
-            my::encode_packet(1, &payload, &mut out);
-            stream.write_all(&out).await?;
-            let Some(config) = t.config.clone() else {
-                return Err(OpenError::Tls("no client configuration".into()));
-            };
-            let tls =
-                tokio_rustls::TlsConnector::from(config).connect(t.server_name.clone(), stream);
-            let mut tls = tokio::time::timeout_at(deadline, tls)
+    let (stream, next_seq) = match tls_wanted(tls.as_deref(), greeting.capabilities)? {
+        Some(t) => {
+            let fut = start_tls(stream, t, &response);
+            let mut tls = tokio::time::timeout_at(deadline, fut)
                 .await
-                .map_err(|_| OpenError::Timeout)?
-                .map_err(|e| OpenError::Tls(format!("handshake failed: {e}")))?;
-            payload.clear();
-            out.clear();
+                .map_err(|_| OpenError::Timeout)??;
             my::encode_handshake_response_over_tls(&response, &mut payload);
             my::encode_packet(2, &payload, &mut out);
             tls.write_all(&out).await?;
             tls.flush().await?;
-            (Conn::TlsClient(Box::new(tls)), 3)
+            (tls, 3)
         }
-        Some(t) if t.mode != BackendTlsMode::Prefer => {
-            return Err(OpenError::Tls(
-                "the backend does not offer TLS (CLIENT_SSL); backend_tls mode is not \"prefer\""
-                    .into(),
-            ));
-        }
-        _ => {
+        None => {
             my::encode_handshake_response(&response, &mut payload);
             my::encode_packet(1, &payload, &mut out);
             stream.write_all(&out).await?;
@@ -304,6 +285,48 @@ pub async fn open(
         connection_id: greeting.connection_id,
         deprecate_eof,
     })
+}
+
+/// The backend TLS to use with a backend announcing `backend_caps`: `None`
+/// for plaintext (mode `disable`, or `prefer` and no `CLIENT_SSL`), an
+/// error when `require`/`verify-full` meet a backend without `CLIENT_SSL`.
+pub fn tls_wanted(
+    tls: Option<&BackendTls>,
+    backend_caps: u32,
+) -> Result<Option<&BackendTls>, OpenError> {
+    match tls {
+        Some(t) if t.mode == BackendTlsMode::Disable => Ok(None),
+        Some(t) if backend_caps & caps::CLIENT_SSL != 0 => Ok(Some(t)),
+        Some(t) if t.mode == BackendTlsMode::Prefer => Ok(None),
+        Some(_) => Err(OpenError::Tls(
+            "the backend does not offer TLS (CLIENT_SSL); backend_tls mode is not \"prefer\""
+                .into(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Send an SSLRequest (sequence id 1) with the capabilities of `response`
+/// plus `CLIENT_SSL`, and run the client side of the TLS handshake. The
+/// caller sends `response` inside it with sequence id 2.
+pub async fn start_tls(
+    mut stream: TcpStream,
+    t: &BackendTls,
+    response: &HandshakeResponse,
+) -> Result<Conn, OpenError> {
+    let mut payload = Vec::with_capacity(my::SSL_REQUEST_LEN);
+    my::encode_ssl_request(response, &mut payload);
+    let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
+    my::encode_packet(1, &payload, &mut out);
+    stream.write_all(&out).await?;
+    let Some(config) = t.config.clone() else {
+        return Err(OpenError::Tls("no client configuration".into()));
+    };
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(t.server_name.clone(), stream)
+        .await
+        .map_err(|e| OpenError::Tls(format!("handshake failed: {e}")))?;
+    Ok(Conn::TlsClient(Box::new(tls)))
 }
 
 /// The HandshakeResponse41 for a backend announcing `backend_caps`, on
@@ -343,7 +366,7 @@ pub fn backend_response(
 }
 
 /// Read one whole packet (at most [`super::MAX_HANDSHAKE_PACKET`]).
-pub async fn read_packet(stream: &mut TcpStream) -> Result<my::Packet, OpenError> {
+pub async fn read_packet(stream: &mut (impl AsyncRead + Unpin)) -> Result<my::Packet, OpenError> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
         match my::decode_packet(&mut buf, super::MAX_HANDSHAKE_PACKET) {

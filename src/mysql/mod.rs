@@ -293,6 +293,7 @@ pub async fn handle(
         account: account.clone(),
         connection_id: leg.connection_id,
         timeout: gw.config().gateway.backend_connect_timeout.0,
+        tls: gw.listeners.backend_tls(&name),
         tracker: gw.tracker.clone(),
     });
     let audit_gw = gw.clone();
