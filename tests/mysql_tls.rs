@@ -176,6 +176,26 @@ async fn mysql_async_and_the_cli_over_tls_and_plaintext_refused_when_required() 
     c.disconnect().await.unwrap();
 }
 
+/// A grant for alice with both her logins.
+fn alice_grant_with_both_logins(
+    gw: &TestGateway,
+    duration: Duration,
+) -> std::sync::Arc<jitgate::grants::Grant> {
+    gw.running
+        .gateway
+        .create_grant(jitgate::grants::NewGrant {
+            principal: "alice".into(),
+            resource: gw.resource.clone(),
+            logins: vec![ALICE.0.into(), ALICE_RO.0.into()],
+            sources: vec![],
+            duration,
+            reason: "test".into(),
+            actor: "admin".into(),
+            kind: jitgate::grants::GrantKind::BreakGlass,
+        })
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_client_certificate_must_name_the_login() {
     setup().await;
@@ -189,7 +209,7 @@ async fn a_client_certificate_must_name_the_login() {
     let mut o = Opts::mysql("my-tls-cert");
     o.resource_extra = tls_block(&cert, &key, &more);
     let gw = start(o).await;
-    gw.grant("alice", ALICE.0, Duration::from_secs(120));
+    alice_grant_with_both_logins(&gw, Duration::from_secs(120));
 
     let with_cert = |cn: &str, file: &str| {
         let (c, k) = leaf(dir.path(), &clients, file, cn, &[]);
@@ -201,7 +221,19 @@ async fn a_client_certificate_must_name_the_login() {
         .unwrap();
     let n: i64 = c.query_first("SELECT 6 * 7").await.unwrap().unwrap();
     assert_eq!(n, 42);
-    c.disconnect().await.unwrap();
+    // The grant admits jg_alice_ro too, but the certificate does not name
+    // it: a COM_CHANGE_USER to it ends the session.
+    let e = c
+        .change_user(
+            mysql_async::ChangeUserOpts::default()
+                .with_user(Some(ALICE_RO.0.into()))
+                .with_pass(Some(ALICE_RO.1.into())),
+        )
+        .await
+        .expect_err("the certificate does not name jg_alice_ro");
+    assert_eq!(server_error(&e).0, 1045);
+    let next = c.query_drop("SELECT 1").await.expect_err("closed");
+    assert!(is_closed_error(&next), "{next:?}");
 
     // A certificate from another CA fails the TLS handshake itself.
     let strangers = ca(dir.path(), "strangers");
@@ -223,6 +255,48 @@ async fn a_client_certificate_must_name_the_login() {
         message.contains("client certificate does not name login \"jg_alice\""),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn a_tls_session_changes_user_and_is_revoked_with_the_reason() {
+    setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, cert, key) = server_cert(dir.path());
+    let mut o = Opts::mysql("my-tls-revoke");
+    o.resource_extra = tls_block(&cert, &key, "require = true");
+    let gw = start(o).await;
+    let g = alice_grant_with_both_logins(&gw, Duration::from_secs(120));
+    let mut c = my_conn(tls_opts(&gw, ALICE, trusting(&root.pem)))
+        .await
+        .unwrap();
+    // A COM_CHANGE_USER after authentication: sequence ids are no longer
+    // renumbered, the command starts at 0 on both legs.
+    c.change_user(
+        mysql_async::ChangeUserOpts::default()
+            .with_user(Some(ALICE_RO.0.into()))
+            .with_pass(Some(ALICE_RO.1.into())),
+    )
+    .await
+    .unwrap();
+    let who: String = c
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(who, "jg_alice_ro@%");
+
+    let path = format!("/v1/grants/{}?reason=tls%20test", g.id);
+    let (status, body) = gw.api("DELETE", &path, Some(ADMIN_TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    let e = c.query_drop("SELECT 1").await.expect_err("revoked");
+    let (code, state, message) = server_error(&e);
+    assert_eq!((code, state.as_str()), (1927, "70100"));
+    assert_eq!(
+        message,
+        "jitgate: access to my-tls-revoke was revoked by admin: tls test"
+    );
+    let next = c.query_drop("SELECT 1").await.expect_err("closed");
+    assert!(is_closed_error(&next), "{next:?}");
 }
 
 /// Read one packet: (sequence id, payload).

@@ -214,6 +214,12 @@ pub async fn handle(
     // front_handshake checked that the login is UTF-8.
     let login = response.user_str().unwrap_or_default().to_string();
 
+    // With identity = "certificate", the logins the client certificate
+    // names: the login now, and any COM_CHANGE_USER later, must be one.
+    let cert_names = tls
+        .as_ref()
+        .filter(|t| t.settings.identity == TlsIdentity::Certificate)
+        .map(|_| client_certificate_names(&client));
     // TLS policy of the resource, before the grant table is consulted.
     if let Some(t) = &tls {
         let refusal = if t.settings.require && !client.is_tls() {
@@ -221,8 +227,9 @@ pub async fn handle(
                 codes::SECURE_TRANSPORT_REQUIRED,
                 format!("jitgate: Connections using insecure transport are prohibited: {name} requires TLS (connect with --ssl or ssl-mode=REQUIRED)"),
             ))
-        } else if t.settings.identity == TlsIdentity::Certificate
-            && !crate::postgres::certificate_names_login(&client, &login)
+        } else if cert_names
+            .as_ref()
+            .is_some_and(|names| !names.contains(&login))
         {
             Some((
                 codes::ACCESS_DENIED,
@@ -303,6 +310,7 @@ pub async fn handle(
         kill_target,
         Box::new(move |s, login| audit_login_changed(&audit_gw, s, login)),
         (seq, leg.next_seq),
+        cert_names,
     );
     let (reason, since) = relay::run(params, wire, client, leg.stream).await;
     drop(admitted.guard);
@@ -418,6 +426,20 @@ async fn read_all(client: &mut Conn, buf: &mut [u8]) -> Result<(), FrontFailure>
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrontFailure::Closed),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The names (CN, SANs) of the client's TLS certificate; none in plaintext
+/// or without a certificate.
+fn client_certificate_names(client: &Conn) -> Vec<String> {
+    let Conn::TlsServer(s) = client else {
+        return Vec::new();
+    };
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(crate::tls::certificate_names)
+        .unwrap_or_default()
 }
 
 /// 20 random scramble bytes, printable and never NUL (the greeting

@@ -14,7 +14,8 @@
 //! - Client → backend: every command starts with sequence id 0, and only
 //!   commands can change who the session is. A COM_CHANGE_USER is held until
 //!   its user name is known; the new login must be one the session's own
-//!   grant admits, or the session ends with the reason
+//!   grant admits (and, with `identity = "certificate"`, one the client
+//!   certificate names), or the session ends with the reason
 //!   [`EndReason::LoginDenied`] and the command never reaches the backend.
 //!   COM_MULTI (MariaDB 10.2–10.5, never negotiated here) could carry a
 //!   hidden COM_CHANGE_USER and ends the session too. Because jitgate never
@@ -69,6 +70,9 @@ pub struct MyWire {
     /// (wrapping; 0 when both legs or neither use TLS).
     shift: u8,
     up_seq: SeqFix,
+    /// With `identity = "certificate"`: the logins the client certificate
+    /// names; a COM_CHANGE_USER to any other ends the session.
+    cert_names: Option<Vec<String>>,
 }
 
 /// Finds the sequence-id byte of each client packet in a byte stream, to
@@ -111,6 +115,7 @@ impl MyWire {
         kill: Option<KillTarget>,
         on_login_changed: LoginChanged,
         (client_next, backend_next): (u8, u8),
+        cert_names: Option<Vec<String>>,
     ) -> Self {
         MyWire {
             session,
@@ -124,6 +129,7 @@ impl MyWire {
             on_login_changed,
             shift: client_next.wrapping_sub(backend_next),
             up_seq: SeqFix::default(),
+            cert_names,
         }
     }
 }
@@ -140,6 +146,7 @@ enum Judgement {
 fn judge(
     session: &Session,
     on_login_changed: &LoginChanged,
+    cert_names: Option<&[String]>,
     p: &PayloadHead,
     complete: bool,
 ) -> Judgement {
@@ -158,6 +165,7 @@ fn judge(
                 let grant = &session.grant;
                 let admitted = std::str::from_utf8(user).is_ok()
                     && grant.logins.iter().any(|l| *l == login)
+                    && cert_names.is_none_or(|names| names.iter().any(|n| *n == login))
                     && grant.is_live(SystemTime::now());
                 if !admitted {
                     return Judgement::End(EndReason::LoginDenied {
@@ -260,16 +268,17 @@ impl MyWire {
             .get(pending.len().saturating_sub(new)..)
             .unwrap_or_default();
         let mut ended: Option<EndReason> = None;
-        let (session, hook, conv, judged) = (
+        let (session, hook, names, conv, judged) = (
             &self.session,
             &self.on_login_changed,
+            self.cert_names.as_deref(),
             &mut self.conv,
             &mut self.up_judged,
         );
         self.up.feed(chunk, |p| {
             conv.client_payload(p);
             if ended.is_none() && !*judged {
-                if let Judgement::End(r) = judge(session, hook, p, true) {
+                if let Judgement::End(r) = judge(session, hook, names, p, true) {
                     ended = Some(r);
                 }
             }
@@ -282,7 +291,8 @@ impl MyWire {
         if let Some(p) = self.up.current() {
             if !self.up_judged {
                 let full = p.head().len() >= MAX_HEAD;
-                match judge(&self.session, &self.on_login_changed, p, full) {
+                let names = self.cert_names.as_deref();
+                match judge(&self.session, &self.on_login_changed, names, p, full) {
                     Judgement::Pass => self.up_judged = true,
                     Judgement::Wait => return UpVerdict::Hold,
                     Judgement::End(r) => {

@@ -240,9 +240,8 @@ pub async fn handle(
     gw.on_session_ended(&session, &reason, since);
 }
 
-/// Whether the TLS client certificate names `login` (CN or a SAN); the
-/// MySQL path uses it too.
-pub(crate) fn certificate_names_login(client: &Conn, login: &str) -> bool {
+/// Whether the TLS client certificate names `login` (CN or a SAN).
+fn certificate_names_login(client: &Conn, login: &str) -> bool {
     let Conn::TlsServer(s) = client else {
         return false;
     };
