@@ -92,12 +92,16 @@ pub trait Wire: Send {
     fn down_at_boundary(&self) -> bool;
 
     /// Judge client → backend bytes: `pending` is everything read and not
-    /// yet forwarded, `new` its tail read just now. The wire may rewrite
-    /// bytes of that tail in place (MySQL renumbers sequence ids during
-    /// authentication when one leg alone uses TLS).
-    fn inspect_up(&mut self, _pending: &mut [u8], _new: usize) -> UpVerdict {
+    /// yet forwarded, `new` its tail read just now.
+    fn inspect_up(&mut self, _pending: &[u8], _new: usize) -> UpVerdict {
         UpVerdict::Pass
     }
+
+    /// Rewrite, in place and at the same length, the client → backend
+    /// bytes just read (`new`), after [`Wire::inspect_up`] passed or held
+    /// them. MySQL renumbers sequence ids during authentication when one
+    /// leg alone uses TLS. Default: unchanged.
+    fn rewrite_up(&mut self, _new: &mut [u8]) {}
 
     /// The message that warns the user that access ends soon, if the
     /// protocol has one.
@@ -294,7 +298,13 @@ async fn up_step<W: Wire>(
     counter.increment(n as u64);
     let verdict = {
         let mut w = wire.lock().unwrap_or_else(|p| p.into_inner());
-        w.inspect_up(up.buf.get_mut(..up.len).unwrap_or_default(), n)
+        let v = w.inspect_up(up.buf.get(..up.len).unwrap_or_default(), n);
+        if !matches!(v, UpVerdict::End(_)) {
+            if let Some(new) = up.buf.get_mut(up.len.saturating_sub(n)..up.len) {
+                w.rewrite_up(new);
+            }
+        }
+        v
     };
     match verdict {
         UpVerdict::Pass => {

@@ -224,16 +224,15 @@ impl Wire for MyWire {
         self.down.at_boundary()
     }
 
-    fn inspect_up(&mut self, pending: &mut [u8], new: usize) -> crate::relay::UpVerdict {
-        let verdict = self.judge_up(pending, new);
-        // Renumber after judging: the conversation follows the client's ids.
+    fn inspect_up(&mut self, pending: &[u8], new: usize) -> UpVerdict {
+        self.judge_up(pending, new)
+    }
+
+    fn rewrite_up(&mut self, new: &mut [u8]) {
+        // After judging: the conversation follows the client's own ids.
         if self.shift != 0 && !self.authed {
-            let at = pending.len().saturating_sub(new);
-            if let Some(chunk) = pending.get_mut(at..) {
-                self.up_seq.apply(chunk, self.shift);
-            }
+            self.up_seq.apply(new, self.shift);
         }
-        verdict
     }
 
     fn farewell(&mut self, session: &Session, reason: &EndReason) -> Option<Vec<u8>> {
