@@ -1,9 +1,12 @@
 //! TLS on MySQL resources with real clients: mysql_async (rustls) and the
 //! `mysql` CLI through the gateway to the real MariaDB; `require`; client
-//! certificates as identity; garbage after an SSLRequest; the backend leg
-//! (`prefer` falls back on a MariaDB without TLS, `require` refuses it, and
-//! a small in-process TLS backend shows the SSLRequest and the response
-//! inside TLS). Certificates are made in the test with rcgen.
+//! certificates as identity (also for COM_CHANGE_USER); a ClientHello in the
+//! same segment as the SSLRequest; garbage after it; a TLS session revoked
+//! with the reason; rotation. The backend leg: `prefer` falls back on the
+//! local MariaDB (it has `have_ssl = DISABLED` and is shared, so it is not
+//! reconfigured here), `require` refuses it, and small in-process TLS
+//! backends show the SSLRequest, the login inside TLS, `verify-full`'s name
+//! check and the kill account over TLS. Certificates are made with rcgen.
 
 mod common;
 
@@ -711,4 +714,48 @@ async fn the_kill_account_logs_in_over_backend_tls() {
         .await
         .unwrap();
     assert_eq!(queries.recv().await.unwrap(), "KILL CONNECTION 77");
+}
+
+#[tokio::test]
+async fn certificates_rotate_without_dropping_mysql_sessions() {
+    setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (old_root, cert, key) = server_cert(dir.path());
+    let mut o = Opts::mysql("my-tls-rotate");
+    o.resource_extra = tls_block(&cert, &key, "");
+    let gw = start(o).await;
+    gw.grant("alice", ALICE.0, Duration::from_secs(120));
+    let mut live = my_conn(tls_opts(&gw, ALICE, trusting(&old_root.pem)))
+        .await
+        .unwrap();
+
+    // Replace the files in place with a certificate from a new CA: a client
+    // that trusts only the new CA gets in once jitgate has noticed.
+    let new_root = ca(dir.path(), "new-root");
+    let (c2, k2) = leaf(
+        dir.path(),
+        &new_root,
+        "server2",
+        "localhost",
+        &["localhost", "127.0.0.1"],
+    );
+    std::fs::copy(&c2, &cert).unwrap();
+    std::fs::copy(&k2, &key).unwrap();
+    wait_until(
+        "new handshakes present the new certificate",
+        Duration::from_secs(10),
+        || async {
+            my_conn(tls_opts(&gw, ALICE, trusting(&new_root.pem)))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    // Clients of the old CA no longer get in; the old session keeps running.
+    assert!(my_conn(tls_opts(&gw, ALICE, trusting(&old_root.pem)))
+        .await
+        .is_err());
+    let n: i64 = live.query_first("SELECT 6 * 7").await.unwrap().unwrap();
+    assert_eq!(n, 42);
+    live.disconnect().await.unwrap();
 }
