@@ -104,6 +104,12 @@ pub trait Wire: Send {
         UpVerdict::Pass
     }
 
+    /// Rewrite, in place and at the same length, the client → backend
+    /// bytes just read (`new`), after [`Wire::inspect_up`] passed or held
+    /// them. MySQL renumbers sequence ids during authentication when one
+    /// leg alone uses TLS. Default: unchanged.
+    fn rewrite_up(&mut self, _new: &mut [u8]) {}
+
     /// The message that warns the user that access ends soon, if the
     /// protocol has one.
     fn warning(
@@ -315,7 +321,13 @@ async fn up_step<W: Wire>(
     counter.increment(n as u64);
     let verdict = {
         let mut w = wire.lock().unwrap_or_else(|p| p.into_inner());
-        w.inspect_up(up.buf.get(..up.len).unwrap_or_default(), n)
+        let v = w.inspect_up(up.buf.get(..up.len).unwrap_or_default(), n);
+        if !matches!(v, UpVerdict::End(_)) {
+            if let Some(new) = up.buf.get_mut(up.len.saturating_sub(n)..up.len) {
+                w.rewrite_up(new);
+            }
+        }
+        v
     };
     match verdict {
         UpVerdict::Pass => {

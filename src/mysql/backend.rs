@@ -16,6 +16,15 @@
 //! downgraded), the connection is refused with a message saying to
 //! reconnect, and the next greeting offers what the backend has.
 //!
+//! TLS (`[resource.backend_tls]`): after the greeting, when the mode is not
+//! `disable` and the backend announces `CLIENT_SSL`, jitgate sends an
+//! SSLRequest carrying the capabilities it will log in with (the client's,
+//! narrowed as above, plus `CLIENT_SSL`), runs the TLS handshake
+//! ([`crate::tls::backend_tls`]: `verify-full` checks the CA and the name),
+//! then sends the HandshakeResponse inside TLS with sequence id 2. A backend
+//! without `CLIENT_SSL` is used in plaintext under `prefer` and refused
+//! under `require` and `verify-full`.
+//!
 //! Invariants: every backend read is bounded by [`super::MAX_HANDSHAKE_PACKET`]
 //! and by the session's handshake deadline; the client's auth answer (bound
 //! to jitgate's scramble) is never sent anywhere.
@@ -25,19 +34,21 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use dashmap::DashMap;
 use proxy_protocols::mysql::{self as my, caps, Greeting, HandshakeResponse};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codes;
-use crate::config::ResourceConfig;
+use crate::config::{BackendTlsMode, ResourceConfig};
+use crate::conn::Conn;
 use crate::gateway::Gateway;
+use crate::tls::BackendTls;
 
 /// The auth plugin name jitgate puts in the backend's HandshakeResponse: no
 /// server has it, so every server asks for its own with an AuthSwitchRequest.
 pub const PASSTHROUGH_PLUGIN: &[u8] = b"jitgate_passthrough";
 
-/// Capabilities jitgate offers clients. Left out: `CLIENT_SSL` (no TLS
-/// yet), `CLIENT_COMPRESS` and zstd (the relay frames packets), and
+/// Capabilities jitgate offers clients. Left out: `CLIENT_SSL` (added to
+/// the greeting only when the resource has `[resource.tls]`), `CLIENT_COMPRESS` and zstd (the relay frames packets), and
 /// `CLIENT_LOCAL_FILES` (file data from the client has sequence ids that
 /// wrap to 0, which would make COM_CHANGE_USER undetectable; and it lets a
 /// server read client files), MySQL 8's query attributes and optional
@@ -154,8 +165,11 @@ impl BackendProfiles {
 /// backend's AuthSwitchRequest is the next thing it sends.
 #[derive(Debug)]
 pub struct BackendLeg {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The connection, plaintext or TLS.
+    pub stream: Conn,
+    /// The sequence id of the backend's next packet (2, or 3 after an
+    /// SSLRequest).
+    pub next_seq: u8,
     /// The backend's thread id for this connection (for `KILL CONNECTION`).
     pub connection_id: u32,
     /// Whether `CLIENT_DEPRECATE_EOF` is in force.
@@ -183,6 +197,9 @@ pub enum OpenError {
     /// The backend lacks what jitgate or this client needs.
     #[error("{0}")]
     Incompatible(String),
+    /// TLS to the backend was required and could not be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl OpenError {
@@ -206,6 +223,7 @@ impl OpenError {
     pub fn client_text(&self, name: &str) -> String {
         match self {
             OpenError::Incompatible(why) => format!("jitgate: {why}"),
+            OpenError::Tls(_) => format!("jitgate: cannot reach the backend of {name} over TLS"),
             _ => format!("jitgate: cannot reach the backend of {name}"),
         }
     }
@@ -239,16 +257,76 @@ pub async fn open(
         my::parse_greeting(&packet.payload).map_err(|e| OpenError::Protocol(e.to_string()))?;
     gw.mysql_profiles.learn(resource.name(), &greeting);
     let (response, deprecate_eof) = backend_response(client, greeting.capabilities)?;
+    let tls = gw.listeners.backend_tls(resource.name());
     let mut payload = Vec::with_capacity(256);
-    my::encode_handshake_response(&response, &mut payload);
-    let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
-    my::encode_packet(1, &payload, &mut out);
-    stream.write_all(&out).await?;
+    let mut out = BytesMut::with_capacity(512);
+    let (stream, next_seq) = match tls_wanted(tls.as_deref(), greeting.capabilities)? {
+        Some(t) => {
+            let fut = start_tls(stream, t, &response);
+            let mut tls = tokio::time::timeout_at(deadline, fut)
+                .await
+                .map_err(|_| OpenError::Timeout)??;
+            my::encode_handshake_response_over_tls(&response, &mut payload);
+            my::encode_packet(2, &payload, &mut out);
+            tls.write_all(&out).await?;
+            tls.flush().await?;
+            (tls, 3)
+        }
+        None => {
+            my::encode_handshake_response(&response, &mut payload);
+            my::encode_packet(1, &payload, &mut out);
+            stream.write_all(&out).await?;
+            (Conn::Plain(stream), 2)
+        }
+    };
     Ok(BackendLeg {
         stream,
+        next_seq,
         connection_id: greeting.connection_id,
         deprecate_eof,
     })
+}
+
+/// The backend TLS to use with a backend announcing `backend_caps`: `None`
+/// for plaintext (mode `disable`, or `prefer` and no `CLIENT_SSL`), an
+/// error when `require`/`verify-full` meet a backend without `CLIENT_SSL`.
+pub fn tls_wanted(
+    tls: Option<&BackendTls>,
+    backend_caps: u32,
+) -> Result<Option<&BackendTls>, OpenError> {
+    match tls {
+        Some(t) if t.mode == BackendTlsMode::Disable => Ok(None),
+        Some(t) if backend_caps & caps::CLIENT_SSL != 0 => Ok(Some(t)),
+        Some(t) if t.mode == BackendTlsMode::Prefer => Ok(None),
+        Some(_) => Err(OpenError::Tls(
+            "the backend does not offer TLS (CLIENT_SSL); backend_tls mode is not \"prefer\""
+                .into(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Send an SSLRequest (sequence id 1) with the capabilities of `response`
+/// plus `CLIENT_SSL`, and run the client side of the TLS handshake. The
+/// caller sends `response` inside it with sequence id 2.
+pub async fn start_tls(
+    mut stream: TcpStream,
+    t: &BackendTls,
+    response: &HandshakeResponse,
+) -> Result<Conn, OpenError> {
+    let mut payload = Vec::with_capacity(my::SSL_REQUEST_LEN);
+    my::encode_ssl_request(response, &mut payload);
+    let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
+    my::encode_packet(1, &payload, &mut out);
+    stream.write_all(&out).await?;
+    let Some(config) = t.config.clone() else {
+        return Err(OpenError::Tls("no client configuration".into()));
+    };
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(t.server_name.clone(), stream)
+        .await
+        .map_err(|e| OpenError::Tls(format!("handshake failed: {e}")))?;
+    Ok(Conn::TlsClient(Box::new(tls)))
 }
 
 /// The HandshakeResponse41 for a backend announcing `backend_caps`, on
@@ -288,7 +366,7 @@ pub fn backend_response(
 }
 
 /// Read one whole packet (at most [`super::MAX_HANDSHAKE_PACKET`]).
-pub async fn read_packet(stream: &mut TcpStream) -> Result<my::Packet, OpenError> {
+pub async fn read_packet(stream: &mut (impl AsyncRead + Unpin)) -> Result<my::Packet, OpenError> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
         match my::decode_packet(&mut buf, super::MAX_HANDSHAKE_PACKET) {

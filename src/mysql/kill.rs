@@ -18,6 +18,10 @@
 //! client's own login cannot be replayed (its answer is bound to one
 //! scramble), and the protocol has no out-of-band cancel like PostgreSQL's.
 //!
+//! TLS: the side connection follows the resource's `[resource.backend_tls]`
+//! exactly as the session's backend leg does ([`super::backend::tls_wanted`]):
+//! SSLRequest, TLS, then the login inside it.
+//!
 //! Invariants: the whole exchange is bounded by the target's timeout; it runs
 //! as a tracked task, so the relay waits for it only up to its finish budget
 //! and a slow server gets the KILL all the same; the password is read only
@@ -31,8 +35,10 @@ use proxy_protocols::mysql::{self as my, caps, HandshakeResponse};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::backend::{read_packet, OpenError};
+use super::backend::{read_packet, start_tls, tls_wanted, OpenError};
 use crate::config::KillAccount;
+use crate::conn::Conn;
+use crate::tls::BackendTls;
 
 /// ER_NO_SUCH_THREAD: the thread ended on its own already.
 const ER_NO_SUCH_THREAD: u16 = 1094;
@@ -48,6 +54,8 @@ pub struct KillTarget {
     pub connection_id: u32,
     /// Upper bound for the whole exchange.
     pub timeout: Duration,
+    /// TLS towards the backend, as for the session's own leg.
+    pub tls: Option<std::sync::Arc<BackendTls>>,
     /// Tracks the kill when it outlives the relay's finish budget (a
     /// loaded server), so shutdown still waits for it.
     pub tracker: tokio_util::task::TaskTracker,
@@ -78,11 +86,11 @@ pub async fn kill_connection(t: &KillTarget) -> Result<(), KillError> {
 }
 
 async fn kill_inner(t: &KillTarget) -> Result<(), KillError> {
-    let mut s = TcpStream::connect(t.backend.as_str())
+    let s = TcpStream::connect(t.backend.as_str())
         .await
         .map_err(|e| KillError::Backend(OpenError::Connect(e)))?;
     s.set_nodelay(true).map_err(OpenError::Io)?;
-    login(&mut s, &t.account).await?;
+    let mut s = login(s, &t.account, t.tls.as_deref()).await?;
 
     let mut q = Vec::with_capacity(32);
     my::encode_query(&format!("KILL CONNECTION {}", t.connection_id), &mut q);
@@ -104,9 +112,13 @@ async fn kill_inner(t: &KillTarget) -> Result<(), KillError> {
 }
 
 /// The client side of a login with a password: native or caching_sha2
-/// fast path, following AuthSwitchRequests.
-async fn login(s: &mut TcpStream, account: &KillAccount) -> Result<(), KillError> {
-    let greeting = read_packet(s).await?;
+/// fast path, following AuthSwitchRequests; inside TLS when `tls` says so.
+async fn login(
+    mut tcp: TcpStream,
+    account: &KillAccount,
+    tls: Option<&BackendTls>,
+) -> Result<Conn, KillError> {
+    let greeting = read_packet(&mut tcp).await?;
     if let Some(e) = my::parse_err(&greeting.payload) {
         return Err(KillError::Login(String::from_utf8_lossy(&e.message).into()));
     }
@@ -134,12 +146,24 @@ async fn login(s: &mut TcpStream, account: &KillAccount) -> Result<(), KillError
         ..Default::default()
     };
     let mut payload = Vec::with_capacity(64);
-    my::encode_handshake_response(&response, &mut payload);
-    send(s, 1, &payload).await?;
+    let mut s = match tls_wanted(tls, g.capabilities)? {
+        Some(t) => {
+            let mut s = start_tls(tcp, t, &response).await?;
+            my::encode_handshake_response_over_tls(&response, &mut payload);
+            send(&mut s, 2, &payload).await?;
+            s
+        }
+        None => {
+            let mut s = Conn::Plain(tcp);
+            my::encode_handshake_response(&response, &mut payload);
+            send(&mut s, 1, &payload).await?;
+            s
+        }
+    };
     loop {
-        let p = read_packet(s).await?;
+        let p = read_packet(&mut s).await?;
         match p.payload.first() {
-            Some(0x00) => return Ok(()),
+            Some(0x00) => return Ok(s),
             Some(0xFF) => {
                 let msg = my::parse_err(&p.payload)
                     .map(|e| String::from_utf8_lossy(&e.message).into_owned())
@@ -150,7 +174,7 @@ async fn login(s: &mut TcpStream, account: &KillAccount) -> Result<(), KillError
                 let (plugin, data) = my::parse_auth_switch(&p.payload)
                     .ok_or_else(|| KillError::Login("bad auth switch".into()))?;
                 let answer = auth_answer(plugin, data, password);
-                send(s, p.seq.wrapping_add(1), &answer).await?;
+                send(&mut s, p.seq.wrapping_add(1), &answer).await?;
             }
             // caching_sha2_password: 3 = fast auth done (OK follows).
             Some(0x01) if p.payload.get(1) == Some(&3) => {}
@@ -182,9 +206,11 @@ fn auth_answer(plugin: &[u8], scramble: &[u8], password: &[u8]) -> Vec<u8> {
     }
 }
 
-async fn send(s: &mut TcpStream, seq: u8, payload: &[u8]) -> Result<(), KillError> {
+async fn send(s: &mut Conn, seq: u8, payload: &[u8]) -> Result<(), KillError> {
     let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
     my::encode_packet(seq, payload, &mut out);
     s.write_all(&out).await.map_err(OpenError::Io)?;
+    // TLS may hold the record until flushed.
+    s.flush().await.map_err(OpenError::Io)?;
     Ok(())
 }

@@ -40,18 +40,32 @@
 //! ([`BackendProfiles`]), a default before the first.
 //!
 //! # The path of one connection
-//! 1. greeting (sequence id 0): capabilities without `CLIENT_SSL` (no TLS
-//!    yet), `CLIENT_COMPRESS` or `CLIENT_LOCAL_FILES`, plugin
-//!    `mysql_native_password`;
-//! 2. the client's first packet, within `handshake_timeout` and 64 KiB: an
-//!    SSLRequest, a pre-4.1 response, a client without pluggable auth, a
-//!    malformed or out-of-order packet, or bytes pipelined after it, each get
-//!    an ERR (sequence id 2) that says so, and the connection is closed;
-//! 3. admission ([`crate::admission::admit`]) by the user name: refused →
-//!    ERR 1045, SQLSTATE 28000, the PRODUCT text, sequence id 2, close —
-//!    *before any byte reaches the backend*;
-//! 4. the backend leg ([`backend::open`]);
-//! 5. [`crate::relay::run`] with [`wire::MyWire`] until the session ends.
+//! 1. greeting (sequence id 0): capabilities without `CLIENT_COMPRESS` or
+//!    `CLIENT_LOCAL_FILES`, with `CLIENT_SSL` only when the resource has
+//!    `[resource.tls]`, plugin `mysql_native_password`;
+//! 2. the client's first packet, within `handshake_timeout` and 64 KiB,
+//!    read with exact-length reads so that nothing after it is consumed:
+//!    - an SSLRequest (exactly the 32-byte fixed part with `CLIENT_SSL`)
+//!      when TLS is configured: the socket goes to the TLS acceptor as is
+//!      (a ClientHello sent in the same segment is still in the socket),
+//!      and the HandshakeResponse is read inside TLS with sequence id 2;
+//!    - a full response that claims `CLIENT_SSL` in plaintext, an SSLRequest
+//!      without TLS configured, a pre-4.1 response, a client without
+//!      pluggable auth, a malformed or out-of-order packet, or bytes
+//!      pipelined after the response, each get an ERR that says so, and the
+//!      connection is closed;
+//! 3. the TLS policy of the resource: `require` refuses a plaintext client
+//!    (ERR 3159, "Connections using insecure transport are prohibited"),
+//!    `identity = "certificate"` refuses a login the client certificate
+//!    does not name (ERR 1045);
+//! 4. admission ([`crate::admission::admit`]) by the user name: refused →
+//!    ERR 1045, SQLSTATE 28000, the PRODUCT text, close — *before any byte
+//!    reaches the backend*;
+//! 5. the backend leg ([`backend::open`], TLS per `[resource.backend_tls]`);
+//! 6. [`crate::relay::run`] with [`wire::MyWire`] until the session ends.
+//!
+//! Every ERR jitgate writes during the handshake carries the sequence id
+//! after the client's last packet: 2 in plaintext, 3 after an SSLRequest.
 
 pub mod backend;
 pub mod kill;
@@ -61,7 +75,7 @@ pub use backend::BackendProfiles;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use proxy_protocols::mysql::{
@@ -72,11 +86,13 @@ use tokio::net::TcpStream;
 
 use crate::admission::{self, Identity, Refusal};
 use crate::audit::Event;
-use crate::config::ResourceConfig;
+use crate::config::{ResourceConfig, TlsIdentity};
+use crate::conn::Conn;
 use crate::ending::EndReason;
 use crate::gateway::Gateway;
 use crate::metrics::{self as m, Outcome};
 use crate::relay::{self, RelayParams};
+use crate::tls::ServerTls;
 
 /// Largest packet accepted during the handshake, either side (a
 /// HandshakeResponse with connection attributes is well under 1 KiB; a
@@ -98,6 +114,9 @@ pub mod codes {
     pub const UNKNOWN_ERROR: (u16, &str) = (1105, "HY000");
     /// CR_CONN_HOST_ERROR: the backend cannot be reached.
     pub const CONN_HOST_ERROR: (u16, &str) = (2003, "HY000");
+    /// ER_SECURE_TRANSPORT_REQUIRED: plaintext on a resource with
+    /// `require = true`.
+    pub const SECURE_TRANSPORT_REQUIRED: (u16, &str) = (3159, "HY000");
     /// ER_CONNECTION_KILLED: access ended (expiry, revoke, kill, idle, cap,
     /// shutdown).
     pub const CONNECTION_KILLED: (u16, &str) = (1927, "70100");
@@ -115,9 +134,13 @@ enum FrontFailure {
     #[error("unexpected data after the handshake response")]
     Pipelined,
     #[error(
-        "TLS is not available on this listener yet; connect without TLS (e.g. --ssl=0 or --ssl-mode=DISABLED)"
+        "TLS is not available on this listener; connect without TLS (e.g. --ssl=0 or --ssl-mode=DISABLED)"
     )]
     TlsRequested,
+    #[error("the handshake response claims TLS (CLIENT_SSL) but was sent in plaintext")]
+    TlsClaimedInPlaintext,
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     #[error("clients older than MySQL 4.1 are not supported; use a MySQL 4.1 or later client")]
     Pre41,
     #[error(
@@ -146,19 +169,27 @@ impl FrontFailure {
 pub async fn handle(
     gw: Arc<Gateway>,
     resource: Arc<ResourceConfig>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
 ) {
     let accepted = Instant::now();
     let name = resource.name().to_string();
     let timeout = gw.config().gateway.handshake_timeout.0;
     let deadline = tokio::time::Instant::now() + timeout;
+    let tls = gw.listeners.tls(&name);
+    let mut conn = Some(Conn::Plain(client));
 
     let front = tokio::select! {
-        r = tokio::time::timeout(timeout, front_handshake(&gw, &resource, &mut client)) => {
+        r = tokio::time::timeout(timeout, front_handshake(&gw, &resource, tls.as_deref(), &mut conn)) => {
             r.unwrap_or(Err(FrontFailure::Timeout))
         }
         _ = gw.shutdown.cancelled() => return,
+    };
+    // Sequence id of jitgate's answer to the client's last packet.
+    let seq = if conn.as_ref().is_some_and(Conn::is_tls) {
+        3
+    } else {
+        2
     };
     let response = match front {
         Ok(r) => r,
@@ -173,12 +204,48 @@ pub async fn handle(
             let (code, state) = e.code();
             // A pre-4.1 client reads no SQLSTATE in an ERR packet.
             let state = (!matches!(e, FrontFailure::Pre41)).then_some(state);
-            let _ = send_err(&mut client, 2, code, state, &format!("jitgate: {e}")).await;
+            if let Some(c) = conn.as_mut() {
+                let _ = send_err(c, seq, code, state, &format!("jitgate: {e}")).await;
+            }
             return;
         }
     };
+    let Some(mut client) = conn else { return };
     // front_handshake checked that the login is UTF-8.
     let login = response.user_str().unwrap_or_default().to_string();
+
+    // With identity = "certificate", the logins the client certificate
+    // names: the login now, and any COM_CHANGE_USER later, must be one.
+    let cert_names = tls
+        .as_ref()
+        .filter(|t| t.settings.identity == TlsIdentity::Certificate)
+        .map(|_| client_certificate_names(&client));
+    // TLS policy of the resource, before the grant table is consulted.
+    if let Some(t) = &tls {
+        let refusal = if t.settings.require && !client.is_tls() {
+            Some((
+                codes::SECURE_TRANSPORT_REQUIRED,
+                format!("jitgate: Connections using insecure transport are prohibited: {name} requires TLS (connect with --ssl or ssl-mode=REQUIRED)"),
+            ))
+        } else if cert_names
+            .as_ref()
+            .is_some_and(|names| !names.contains(&login))
+        {
+            Some((
+                codes::ACCESS_DENIED,
+                format!("jitgate: the client certificate does not name login {login:?}"),
+            ))
+        } else {
+            None
+        };
+        if let Some(((code, state), text)) = refusal {
+            m::connection(&name, "mysql", Outcome::Denied);
+            m::handshake(accepted.elapsed());
+            tracing::info!(%peer, resource = %name, login = %login, reason = %text, "session refused by the TLS policy");
+            let _ = send_err(&mut client, seq, code, Some(state), &text).await;
+            return;
+        }
+    }
 
     // Admission, before any byte reaches the backend.
     let admitted = match admission::admit(&gw, &resource, Identity::Login(&login), peer, accepted) {
@@ -186,13 +253,13 @@ pub async fn handle(
         Err(Refusal::NoGrant) => {
             let message = admission::no_grant_message(&login, &name);
             let (code, state) = codes::ACCESS_DENIED;
-            let _ = send_err(&mut client, 2, code, Some(state), &message).await;
+            let _ = send_err(&mut client, seq, code, Some(state), &message).await;
             return;
         }
         Err(Refusal::AuditUnavailable) => {
             let (code, state) = codes::UNKNOWN_ERROR;
             let text = "jitgate: audit log unavailable, access refused";
-            let _ = send_err(&mut client, 2, code, Some(state), text).await;
+            let _ = send_err(&mut client, seq, code, Some(state), text).await;
             return;
         }
     };
@@ -207,10 +274,10 @@ pub async fn handle(
             let _ = match e.server_error() {
                 // The backend refused the connection itself ("Too many
                 // connections"): the client sees the backend's own error.
-                Some(payload) => send_raw(&mut client, 2, payload).await,
+                Some(payload) => send_raw(&mut client, seq, payload).await,
                 None => {
                     let (code, state) = e.code();
-                    send_err(&mut client, 2, code, Some(state), &e.client_text(&name)).await
+                    send_err(&mut client, seq, code, Some(state), &e.client_text(&name)).await
                 }
             };
             drop(admitted.guard);
@@ -233,6 +300,7 @@ pub async fn handle(
         account: account.clone(),
         connection_id: leg.connection_id,
         timeout: gw.config().gateway.backend_connect_timeout.0,
+        tls: gw.listeners.backend_tls(&name),
         tracker: gw.tracker.clone(),
     });
     let audit_gw = gw.clone();
@@ -241,6 +309,8 @@ pub async fn handle(
         leg.deprecate_eof,
         kill_target,
         Box::new(move |s, login| audit_login_changed(&audit_gw, s, login)),
+        (seq, leg.next_seq),
+        cert_names,
     );
     let (reason, since) = relay::run(params, wire, client, leg.stream).await;
     drop(admitted.guard);
@@ -250,37 +320,55 @@ pub async fn handle(
     gw.on_session_ended(&session, &reason, since);
 }
 
-/// The client's side of the handshake: greeting out, first packet in.
+/// The client's side of the handshake: greeting out, first packet in, and
+/// on an SSLRequest the TLS handshake and the response inside it. `conn` is
+/// taken and replaced by its TLS form on an upgrade (and left `None` when
+/// the TLS handshake fails: there is no channel left to answer on).
 async fn front_handshake(
     gw: &Gateway,
     resource: &ResourceConfig,
-    client: &mut TcpStream,
+    tls: Option<&ServerTls>,
+    conn: &mut Option<Conn>,
 ) -> Result<HandshakeResponse, FrontFailure> {
-    let greeting = gw
+    let mut greeting = gw
         .mysql_profiles
         .client_greeting(resource.name(), new_scramble());
+    if tls.is_some() {
+        greeting.capabilities |= caps::CLIENT_SSL;
+    }
     let mut payload = Vec::with_capacity(128);
     my::encode_greeting(&greeting, &mut payload);
     let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
     my::encode_packet(0, &payload, &mut out);
+    let Some(client) = conn.as_mut() else {
+        return Err(FrontFailure::Closed);
+    };
     client.write_all(&out).await?;
 
-    let mut buf = BytesMut::with_capacity(1024);
-    let packet = loop {
-        // decode_packet bounds the length first, so the buffer never grows
-        // past MAX_HANDSHAKE_PACKET plus one read.
-        if let Some(p) = my::decode_packet(&mut buf, MAX_HANDSHAKE_PACKET)? {
-            break p;
-        }
-        if client.read_buf(&mut buf).await? == 0 {
-            return Err(FrontFailure::Closed);
-        }
-    };
-    if packet.seq != 1 {
-        return Err(FrontFailure::OutOfOrder(packet.seq));
-    }
+    let packet = read_exact_packet(client, 1).await?;
     let response = match my::parse_client_first(&packet.payload)? {
-        ClientFirst::SslRequest { .. } => return Err(FrontFailure::TlsRequested),
+        ClientFirst::SslRequest { .. } => {
+            let Some(tls) = tls else {
+                return Err(FrontFailure::TlsRequested);
+            };
+            // A full response with CLIENT_SSL would carry the login (and
+            // an auth answer) in the clear: never taken as a TLS request.
+            if packet.payload.len() != my::SSL_REQUEST_LEN {
+                return Err(FrontFailure::TlsClaimedInPlaintext);
+            }
+            let Some(Conn::Plain(tcp)) = conn.take() else {
+                return Err(FrontFailure::Closed);
+            };
+            // Nothing past the SSLRequest was read: a ClientHello that came
+            // with it is still in the socket for the acceptor.
+            let stream = tokio_rustls::TlsAcceptor::from(tls.config())
+                .accept(tcp)
+                .await
+                .map_err(FrontFailure::Tls)?;
+            let client = conn.insert(Conn::TlsServer(Box::new(stream)));
+            let packet = read_exact_packet(client, 2).await?;
+            my::parse_response_over_tls(&packet.payload)?
+        }
         ClientFirst::Pre41 { .. } => return Err(FrontFailure::Pre41),
         ClientFirst::Response(r) => r,
     };
@@ -294,11 +382,64 @@ async fn front_handshake(
         return Err(FrontFailure::NoPluginAuth);
     }
     // The client must wait for the server's answer; bytes sent before it
-    // would reach the backend as if they came after authentication.
-    if !buf.is_empty() {
-        return Err(FrontFailure::Pipelined);
+    // would reach the backend as if they came after authentication. A
+    // read that is ready at once means they are there already.
+    if let Some(client) = conn.as_mut() {
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, client.read(&mut probe)).await {
+            if n > 0 {
+                return Err(FrontFailure::Pipelined);
+            }
+        }
     }
     Ok(response)
+}
+
+/// Read exactly one packet, which must have sequence id `seq`: the header,
+/// then exactly the length it announces (bounded by
+/// [`MAX_HANDSHAKE_PACKET`] before anything is allocated for it), so no
+/// byte after it leaves the socket.
+async fn read_exact_packet(client: &mut Conn, seq: u8) -> Result<my::Packet, FrontFailure> {
+    let mut header = [0u8; my::HEADER_LEN];
+    read_all(client, &mut header).await?;
+    // Checks the announced length (a whole packet only if it is empty).
+    my::decode_packet(&mut BytesMut::from(&header[..]), MAX_HANDSHAKE_PACKET)?;
+    let (len, _) = my::parse_header(header);
+    let mut buf = BytesMut::zeroed(my::HEADER_LEN + len);
+    if let Some(h) = buf.get_mut(..my::HEADER_LEN) {
+        h.copy_from_slice(&header);
+    }
+    if let Some(rest) = buf.get_mut(my::HEADER_LEN..) {
+        read_all(client, rest).await?;
+    }
+    let p = my::decode_packet(&mut buf, MAX_HANDSHAKE_PACKET)?.ok_or(FrontFailure::Closed)?;
+    if p.seq != seq {
+        return Err(FrontFailure::OutOfOrder(p.seq));
+    }
+    Ok(p)
+}
+
+/// `read_exact`, with a close mapped to [`FrontFailure::Closed`].
+async fn read_all(client: &mut Conn, buf: &mut [u8]) -> Result<(), FrontFailure> {
+    match client.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrontFailure::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The names (CN, SANs) of the client's TLS certificate; none in plaintext
+/// or without a certificate.
+fn client_certificate_names(client: &Conn) -> Vec<String> {
+    let Conn::TlsServer(s) = client else {
+        return Vec::new();
+    };
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(crate::tls::certificate_names)
+        .unwrap_or_default()
 }
 
 /// 20 random scramble bytes, printable and never NUL (the greeting
@@ -310,7 +451,7 @@ fn new_scramble() -> Vec<u8> {
 
 /// Write one ERR packet with sequence id `seq` and close the socket.
 async fn send_err(
-    client: &mut TcpStream,
+    client: &mut Conn,
     seq: u8,
     code: u16,
     sqlstate: Option<&str>,
@@ -322,7 +463,7 @@ async fn send_err(
 }
 
 /// Write one packet with sequence id `seq` around `payload` and close.
-async fn send_raw(client: &mut TcpStream, seq: u8, payload: &[u8]) -> std::io::Result<()> {
+async fn send_raw(client: &mut Conn, seq: u8, payload: &[u8]) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(payload.len() + my::HEADER_LEN);
     my::encode_packet(seq, payload, &mut out);
     client.write_all(&out).await?;

@@ -2,15 +2,20 @@
 //! protocol after jitgate's part of the handshake).
 //!
 //! - Until the backend's OK (or ERR) ends authentication, its packets are
-//!   taken whole (at most 64 KiB each) and forwarded unchanged: the
-//!   AuthSwitchRequest jitgate provoked, AuthMoreData, then OK.
+//!   taken whole (at most 64 KiB each) and forwarded: the
+//!   AuthSwitchRequest jitgate provoked, AuthMoreData, then OK. When only
+//!   one leg uses TLS, its SSLRequest took one sequence id the other leg
+//!   never saw: during authentication the sequence ids are renumbered by
+//!   that difference in both directions (the only bytes jitgate changes);
+//!   commands start again at 0, so afterwards nothing is renumbered.
 //! - After it, both directions are only *framed* ([`PacketFramer`]):
 //!   payload boundaries (a payload of 16 MiB or more spans several packets,
 //!   and nothing may be placed between them) and each payload's first bytes.
 //! - Client → backend: every command starts with sequence id 0, and only
 //!   commands can change who the session is. A COM_CHANGE_USER is held until
 //!   its user name is known; the new login must be one the session's own
-//!   grant admits, or the session ends with the reason
+//!   grant admits (and, with `identity = "certificate"`, one the client
+//!   certificate names), or the session ends with the reason
 //!   [`EndReason::LoginDenied`] and the command never reaches the backend.
 //!   COM_MULTI (MariaDB 10.2–10.5, never negotiated here) could carry a
 //!   hidden COM_CHANGE_USER and ends the session too. Because jitgate never
@@ -61,27 +66,70 @@ pub struct MyWire {
     /// The end action ran (the backend thread is being killed already).
     kill_started: bool,
     on_login_changed: LoginChanged,
+    /// Client sequence id minus backend sequence id during authentication
+    /// (wrapping; 0 when both legs or neither use TLS).
+    shift: u8,
+    up_seq: SeqFix,
+    /// With `identity = "certificate"`: the logins the client certificate
+    /// names; a COM_CHANGE_USER to any other ends the session.
+    cert_names: Option<Vec<String>>,
+}
+
+/// Finds the sequence-id byte of each client packet in a byte stream, to
+/// renumber it (see the module header).
+#[derive(Debug, Default)]
+struct SeqFix {
+    /// Length bytes of the current header seen so far.
+    len: [u8; 3],
+    seen: usize,
+    /// Payload bytes of the current packet still to come.
+    remaining: usize,
+}
+
+impl SeqFix {
+    /// Walk `bytes`, subtracting `shift` from every sequence id in them.
+    fn apply(&mut self, bytes: &mut [u8], shift: u8) {
+        for b in bytes {
+            if self.remaining > 0 {
+                self.remaining -= 1;
+            } else if let Some(slot) = self.len.get_mut(self.seen) {
+                *slot = *b;
+                self.seen += 1;
+            } else {
+                *b = b.wrapping_sub(shift);
+                let [l0, l1, l2] = self.len;
+                self.remaining = usize::from(l0) | usize::from(l1) << 8 | usize::from(l2) << 16;
+                self.seen = 0;
+            }
+        }
+    }
 }
 
 impl MyWire {
     /// A wire for `session`, whose backend has been sent the login and will
-    /// answer with sequence id 2.
+    /// answer with sequence id `backend_next` (2, or 3 over TLS), while the
+    /// client expects `client_next` (likewise).
     pub fn new(
         session: Arc<Session>,
         deprecate_eof: bool,
         kill: Option<KillTarget>,
         on_login_changed: LoginChanged,
+        (client_next, backend_next): (u8, u8),
+        cert_names: Option<Vec<String>>,
     ) -> Self {
         MyWire {
             session,
             authed: false,
             up: PacketFramer::new(MAX_HEAD),
             down: PacketFramer::new(DOWN_HEAD),
-            conv: Conversation::in_auth(deprecate_eof, 2),
+            conv: Conversation::in_auth(deprecate_eof, client_next),
             up_judged: false,
             kill,
             kill_started: false,
             on_login_changed,
+            shift: client_next.wrapping_sub(backend_next),
+            up_seq: SeqFix::default(),
+            cert_names,
         }
     }
 }
@@ -98,6 +146,7 @@ enum Judgement {
 fn judge(
     session: &Session,
     on_login_changed: &LoginChanged,
+    cert_names: Option<&[String]>,
     p: &PayloadHead,
     complete: bool,
 ) -> Judgement {
@@ -116,6 +165,7 @@ fn judge(
                 let grant = &session.grant;
                 let admitted = std::str::from_utf8(user).is_ok()
                     && grant.logins.iter().any(|l| *l == login)
+                    && cert_names.is_none_or(|names| names.iter().any(|n| *n == login))
                     && grant.is_live(SystemTime::now());
                 if !admitted {
                     return Judgement::End(EndReason::LoginDenied {
@@ -151,9 +201,10 @@ impl Wire for MyWire {
             else {
                 break;
             };
+            let seq = p.seq.wrapping_add(self.shift);
             self.conv
-                .server_payload(&PayloadHead::from_payload(p.seq, &p.payload));
-            my::encode_packet(p.seq, &p.payload, out);
+                .server_payload(&PayloadHead::from_payload(seq, &p.payload));
+            my::encode_packet(seq, &p.payload, out);
             // OK or ERR ends the exchange; what follows is framed raw.
             self.authed = self.conv.idle();
         }
@@ -173,46 +224,15 @@ impl Wire for MyWire {
         self.down.at_boundary()
     }
 
-    fn inspect_up(&mut self, pending: &[u8], new: usize) -> crate::relay::UpVerdict {
-        let chunk = pending
-            .get(pending.len().saturating_sub(new)..)
-            .unwrap_or_default();
-        let mut ended: Option<EndReason> = None;
-        let (session, hook, conv, judged) = (
-            &self.session,
-            &self.on_login_changed,
-            &mut self.conv,
-            &mut self.up_judged,
-        );
-        self.up.feed(chunk, |p| {
-            conv.client_payload(p);
-            if ended.is_none() && !*judged {
-                if let Judgement::End(r) = judge(session, hook, p, true) {
-                    ended = Some(r);
-                }
-            }
-            *judged = false;
-        });
-        if let Some(r) = ended {
-            return UpVerdict::End(r);
+    fn inspect_up(&mut self, pending: &[u8], new: usize) -> UpVerdict {
+        self.judge_up(pending, new)
+    }
+
+    fn rewrite_up(&mut self, new: &mut [u8]) {
+        // After judging: the conversation follows the client's own ids.
+        if self.shift != 0 && !self.authed {
+            self.up_seq.apply(new, self.shift);
         }
-        // A payload still arriving: judge it as soon as its head allows.
-        if let Some(p) = self.up.current() {
-            if !self.up_judged {
-                let full = p.head().len() >= MAX_HEAD;
-                match judge(&self.session, &self.on_login_changed, p, full) {
-                    Judgement::Pass => self.up_judged = true,
-                    Judgement::Wait => return UpVerdict::Hold,
-                    Judgement::End(r) => {
-                        // The client has sent the command and waits for
-                        // its answer, which will be the farewell.
-                        self.conv.command_sent();
-                        return UpVerdict::End(r);
-                    }
-                }
-            }
-        }
-        UpVerdict::Pass
     }
 
     fn farewell(&mut self, session: &Session, reason: &EndReason) -> Option<Vec<u8>> {
@@ -237,6 +257,53 @@ impl Wire for MyWire {
         Some(Box::pin(async move {
             let _ = done.await;
         }))
+    }
+}
+
+impl MyWire {
+    /// [`Wire::inspect_up`] before any renumbering.
+    fn judge_up(&mut self, pending: &[u8], new: usize) -> UpVerdict {
+        let chunk = pending
+            .get(pending.len().saturating_sub(new)..)
+            .unwrap_or_default();
+        let mut ended: Option<EndReason> = None;
+        let (session, hook, names, conv, judged) = (
+            &self.session,
+            &self.on_login_changed,
+            self.cert_names.as_deref(),
+            &mut self.conv,
+            &mut self.up_judged,
+        );
+        self.up.feed(chunk, |p| {
+            conv.client_payload(p);
+            if ended.is_none() && !*judged {
+                if let Judgement::End(r) = judge(session, hook, names, p, true) {
+                    ended = Some(r);
+                }
+            }
+            *judged = false;
+        });
+        if let Some(r) = ended {
+            return UpVerdict::End(r);
+        }
+        // A payload still arriving: judge it as soon as its head allows.
+        if let Some(p) = self.up.current() {
+            if !self.up_judged {
+                let full = p.head().len() >= MAX_HEAD;
+                let names = self.cert_names.as_deref();
+                match judge(&self.session, &self.on_login_changed, names, p, full) {
+                    Judgement::Pass => self.up_judged = true,
+                    Judgement::Wait => return UpVerdict::Hold,
+                    Judgement::End(r) => {
+                        // The client has sent the command and waits for
+                        // its answer, which will be the farewell.
+                        self.conv.command_sent();
+                        return UpVerdict::End(r);
+                    }
+                }
+            }
+        }
+        UpVerdict::Pass
     }
 }
 
@@ -273,5 +340,28 @@ impl Drop for MyWire {
         if !self.conv.idle() && tokio::runtime::Handle::try_current().is_ok() {
             drop(self.spawn_kill());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeqFix;
+
+    #[test]
+    fn sequence_ids_are_renumbered_across_split_headers_and_payloads() {
+        // Two client packets (ids 4 and 6, payloads of 3 and 0 bytes),
+        // renumbered by a shift of 1, fed in awkward pieces.
+        let mut bytes = b"\x03\x00\x00\x04abc\x00\x00\x00\x06".to_vec();
+        let mut fix = SeqFix::default();
+        let (a, rest) = bytes.split_at_mut(2);
+        fix.apply(a, 1);
+        let (b, c) = rest.split_at_mut(4);
+        fix.apply(b, 1);
+        fix.apply(c, 1);
+        assert_eq!(bytes, b"\x03\x00\x00\x03abc\x00\x00\x00\x05");
+        // A shift the other way (the backend is ahead) wraps correctly.
+        let mut more = b"\x01\x00\x00\xffz".to_vec();
+        fix.apply(&mut more, 0u8.wrapping_sub(1));
+        assert_eq!(more, b"\x01\x00\x00\x00z");
     }
 }

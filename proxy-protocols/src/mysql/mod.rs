@@ -48,8 +48,9 @@ pub use packet::{
     MAX_PACKET_PAYLOAD,
 };
 pub use response::{
-    connect_attr_pairs, encode_handshake_response, parse_client_first, ClientFirst,
-    HandshakeResponse,
+    connect_attr_pairs, encode_handshake_response, encode_handshake_response_over_tls,
+    encode_ssl_request, parse_client_first, parse_response_over_tls, ClientFirst,
+    HandshakeResponse, SSL_REQUEST_LEN,
 };
 
 /// mysql_native_password: `SHA1(password) XOR SHA1(scramble, SHA1(SHA1(password)))`;

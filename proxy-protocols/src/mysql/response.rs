@@ -28,6 +28,9 @@ use super::{caps, HandshakeError};
 /// The fixed part: capabilities, max packet, collation, filler, MariaDB caps.
 pub const FIXED_LEN: usize = 32;
 
+/// Length of an SSLRequest payload: the fixed part alone.
+pub const SSL_REQUEST_LEN: usize = FIXED_LEN;
+
 /// What a client sent in answer to the greeting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFirst {
@@ -80,6 +83,22 @@ impl HandshakeResponse {
 
 /// Tells what the client's first packet is and parses it.
 pub fn parse_client_first(payload: &[u8]) -> Result<ClientFirst, HandshakeError> {
+    parse(payload, false)
+}
+
+/// Parses the HandshakeResponse41 a client sends inside TLS, after its
+/// SSLRequest: it has `CLIENT_SSL` set too. Anything else (a pre-4.1
+/// response, a second SSLRequest) is malformed.
+pub fn parse_response_over_tls(payload: &[u8]) -> Result<HandshakeResponse, HandshakeError> {
+    match parse(payload, true)? {
+        ClientFirst::Response(r) => Ok(r),
+        _ => Err(HandshakeError::Malformed(
+            "expected a handshake response inside TLS",
+        )),
+    }
+}
+
+fn parse(payload: &[u8], over_tls: bool) -> Result<ClientFirst, HandshakeError> {
     let Some(&[l0, l1]) = payload.first_chunk::<2>() else {
         return Err(HandshakeError::Malformed("truncated handshake response"));
     };
@@ -93,7 +112,7 @@ pub fn parse_client_first(payload: &[u8]) -> Result<ClientFirst, HandshakeError>
     let [c0, c1, c2, c3, p0, p1, p2, p3, collation, ..] = *fixed;
     let [.., m0, m1, m2, m3] = *fixed;
     let capabilities = u32::from_le_bytes([c0, c1, c2, c3]);
-    if capabilities & caps::CLIENT_SSL != 0 {
+    if capabilities & caps::CLIENT_SSL != 0 && !over_tls {
         return Ok(ClientFirst::SslRequest { capabilities });
     }
     let (user, rest) = split_nul(rest).ok_or(HandshakeError::Malformed(
@@ -189,6 +208,31 @@ pub fn connect_attr_pairs(block: &[u8]) -> Vec<(&[u8], &[u8])> {
         rest = after.get(used2..).unwrap_or_default();
     }
     out
+}
+
+/// Appends the payload of an SSLRequest: the fixed part of `r` (its
+/// capabilities with `CLIENT_SSL`, max packet, collation), nothing else.
+/// The client's next packet, inside TLS, is the whole response with
+/// sequence id 2 ([`encode_handshake_response_over_tls`]).
+pub fn encode_ssl_request(r: &HandshakeResponse, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(r.capabilities | caps::CLIENT_SSL).to_le_bytes());
+    out.extend_from_slice(&r.max_packet.to_le_bytes());
+    out.push(r.collation);
+    out.extend_from_slice(&[0; 23]);
+}
+
+/// Appends the payload of `r` as sent inside TLS after an SSLRequest: as
+/// [`encode_handshake_response`], with `CLIENT_SSL` set (servers read the
+/// capabilities again from this packet).
+pub fn encode_handshake_response_over_tls(r: &HandshakeResponse, out: &mut Vec<u8>) {
+    let start = out.len();
+    encode_handshake_response(r, out);
+    let ssl = caps::CLIENT_SSL.to_le_bytes();
+    if let Some(c) = out.get_mut(start..start + 4) {
+        for (b, s) in c.iter_mut().zip(ssl) {
+            *b |= s;
+        }
+    }
 }
 
 /// Appends the payload of `r`. `CLIENT_CONNECT_WITH_DB`, `CLIENT_PLUGIN_AUTH`

@@ -130,6 +130,34 @@ fn ssl_request_is_recognised() {
 }
 
 #[test]
+fn the_response_inside_tls_keeps_client_ssl_and_parses() {
+    let plain = response(&payload(CLI_RESPONSE_ROOT));
+    let mut over_tls = Vec::new();
+    encode_handshake_response_over_tls(&plain, &mut over_tls);
+    assert_ne!(over_tls[1] & 0x08, 0, "CLIENT_SSL is set");
+    // Outside TLS the same bytes are a TLS request; inside, a response.
+    assert!(matches!(
+        parse_client_first(&over_tls),
+        Ok(ClientFirst::SslRequest { .. })
+    ));
+    let r = parse_response_over_tls(&over_tls).unwrap();
+    assert_eq!(r.user, plain.user);
+    assert_eq!(r.capabilities, plain.capabilities | caps::CLIENT_SSL);
+    // An SSLRequest inside TLS is no response.
+    assert!(parse_response_over_tls(&payload(CLI_SSL_REQUEST)).is_err());
+    // The SSLRequest jitgate writes is the fixed part alone.
+    let mut req = Vec::new();
+    encode_ssl_request(&plain, &mut req);
+    assert_eq!(req.len(), FIXED_LEN);
+    assert_eq!(
+        parse_client_first(&req),
+        Ok(ClientFirst::SslRequest {
+            capabilities: plain.capabilities | caps::CLIENT_SSL
+        })
+    );
+}
+
+#[test]
 fn pre_4_1_response_is_recognised() {
     // HandshakeResponse320: capabilities (u16, no CLIENT_PROTOCOL_41),
     // max packet (3 bytes), user, NUL, 8-byte old scramble answer.
