@@ -4,6 +4,10 @@
 #
 #   bash benches/pgbench.sh                 # 10 s per run, 2 rounds
 #   DURATION=30 ROUNDS=3 bash benches/pgbench.sh
+#   TLS=1 bash benches/pgbench.sh           # every client uses sslmode=require:
+#       direct = PostgreSQL's own TLS; jitgate terminates TLS and re-originates
+#       it to the backend (backend_tls = require); HAProxy passes PostgreSQL's
+#       TLS through
 #
 # Needs PostgreSQL on $PGHOST:$PGPORT (default 127.0.0.1:5432, user postgres,
 # trust auth) and pgbench; installs haproxy with apt-get when missing. Writes
@@ -16,6 +20,7 @@ PGPORT=${PGPORT:-5432}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 SCALE=${SCALE:-10}
+TLS=${TLS:-0}
 DB=jitgate_bench
 JG_PORT=16432
 HA_PORT=16433
@@ -41,6 +46,20 @@ psql -h "$PGHOST" -p "$PGPORT" -U postgres -d postgres -Atqc "SELECT 1 FROM pg_d
 pgbench -h "$PGHOST" -p "$PGPORT" -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
 
 hash=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
+tls_toml=""
+if [ "$TLS" = "1" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$work/tls.key" -out "$work/tls.crt" >/dev/null 2>&1
+    tls_toml="[resource.tls]
+cert = \"$work/tls.crt\"
+key = \"$work/tls.key\"
+[resource.backend_tls]
+mode = \"require\""
+    export PGSSLMODE=require
+else
+    export PGSSLMODE=disable
+fi
 cat >"$work/jitgate.toml" <<TOML
 [gateway]
 state_dir = "$work/data"
@@ -53,6 +72,7 @@ protocol = "postgres"
 listen = "127.0.0.1:$JG_PORT"
 backend = "$PGHOST:$PGPORT"
 idle_timeout = "0s"
+$tls_toml
 
 [[user]]
 name = "admin"
@@ -111,8 +131,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 mkdir -p target/bench-results
-out_json="target/bench-results/pgbench-$(date -u +%Y%m%dT%H%M%SZ).json"
-python3 - "$results" "$out_json" "$DURATION" "$ROUNDS" <<'PY'
+out_json="target/bench-results/pgbench$([ "$TLS" = 1 ] && echo -tls)-$(date -u +%Y%m%dT%H%M%SZ).json"
+python3 - "$results" "$out_json" "$DURATION" "$ROUNDS" "$TLS" <<'PY'
 import json, sys, statistics
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines() if l]
 data = {}
@@ -131,6 +151,6 @@ for w, subj in data.items():
         print(f"{w:<12} {s:<8} {tps:>10.0f} {lat:>8.3f} {ratio:>10.2f} {lat - d_lat:>9.3f}")
     j = summary[w].get("jitgate", {}).get("tps", 0); h = summary[w].get("haproxy", {}).get("tps", 0)
     if h: print(f"{w:<12} jitgate/haproxy = {j / h:.2f}")
-json.dump({"duration_s": int(sys.argv[3]), "rounds": int(sys.argv[4]), "results": summary}, open(sys.argv[2], "w"), indent=2)
+json.dump({"duration_s": int(sys.argv[3]), "rounds": int(sys.argv[4]), "tls": sys.argv[5] == "1", "results": summary}, open(sys.argv[2], "w"), indent=2)
 print(f"JSON: {sys.argv[2]}")
 PY

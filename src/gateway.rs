@@ -80,6 +80,8 @@ pub struct Gateway {
     pub audit: AuditLog,
     /// Grant and request journal.
     pub journal: Journal,
+    /// Connection limits and the admin-API failed-token limit.
+    pub limits: crate::limits::Limits,
     /// Per-resource listeners (started, stopped and rebound by reloads).
     pub listeners: crate::reload::Listeners,
     /// PostgreSQL cancel keys.
@@ -114,6 +116,7 @@ impl Gateway {
         let (journal, replay) = Journal::open(&dir)?;
         let tracker = TaskTracker::new();
         let notifier = Notifier::start(&config.notify, &tracker, &shutdown);
+        let limits = crate::limits::Limits::new(&config.gateway);
         let gw = Gateway {
             requests: RequestTable::new(),
             notifier,
@@ -122,6 +125,7 @@ impl Gateway {
             audit,
             journal,
             listeners: Default::default(),
+            limits,
             cancel_keys: Arc::new(CancelKeys::new()),
             mysql_profiles: Arc::default(),
             shutdown,

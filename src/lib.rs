@@ -48,6 +48,7 @@ pub mod gateway;
 pub mod grants;
 pub mod httpc;
 pub mod journal;
+pub mod limits;
 pub mod metrics;
 pub mod mysql;
 pub mod notify;

@@ -51,6 +51,10 @@ fn describe() {
     );
     describe_gauge!("jitgate_grants_active", "Grants in the grant table.");
     describe_counter!("jitgate_requests_total", "Access requests by outcome.");
+    describe_counter!(
+        "jitgate_limited_total",
+        "Connections and API requests refused by a limit, by limit."
+    );
     describe_gauge!(
         "jitgate_requests_pending",
         "Access requests waiting for approval."
@@ -162,6 +166,11 @@ pub fn requests_pending(n: usize) {
 /// A webhook notification was dropped (queue_full | failed).
 pub fn notify_dropped(reason: &'static str) {
     counter!("jitgate_notify_dropped_total", "reason" => reason).increment(1);
+}
+
+/// A connection or request refused by a limit (a [`crate::limits::Limit`] label).
+pub fn limited(limit: &'static str) {
+    counter!("jitgate_limited_total", "limit" => limit).increment(1);
 }
 
 /// A config reload attempt.

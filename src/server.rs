@@ -187,6 +187,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
+    let open_here = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -195,11 +196,38 @@ pub(crate) async fn accept_loop(
         let resource = resource.load_full();
         match accepted {
             Ok((stream, peer)) => {
+                let config = gw.config();
+                let place = gw.limits.admit(
+                    &config.gateway,
+                    &open_here,
+                    resource.max_connections,
+                    socket::canonical(peer).ip(),
+                    gw.sessions.len(),
+                );
+                let guard = match place {
+                    Ok(g) => g,
+                    Err(limit) => {
+                        m::limited(limit.label());
+                        m::connection(
+                            resource.name(),
+                            resource.protocol().as_str(),
+                            Outcome::Error,
+                        );
+                        tracing::debug!(%peer, resource = resource.name(), limit = limit.label(), "connection refused by a limit");
+                        gw.tracker
+                            .spawn(refuse_over_limit(resource.protocol(), stream, limit));
+                        continue;
+                    }
+                };
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, error = %e, "set_nodelay failed");
                 }
-                gw.tracker
-                    .spawn(dispatch(gw.clone(), resource.clone(), stream, peer));
+                let gw2 = gw.clone();
+                let r = resource.clone();
+                gw.tracker.spawn(async move {
+                    dispatch(gw2, r, stream, peer).await;
+                    drop(guard);
+                });
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off, keep serving.
@@ -208,6 +236,41 @@ pub(crate) async fn accept_loop(
             }
         }
     }
+}
+
+/// Tell a client refused by a limit why, in its protocol where it has a
+/// way, and close. Bounded: a client that does not read is dropped.
+async fn refuse_over_limit(protocol: Protocol, mut stream: TcpStream, limit: crate::limits::Limit) {
+    use tokio::io::AsyncWriteExt;
+    let text = format!("jitgate: too many connections ({})", limit.label());
+    let mut out = bytes::BytesMut::new();
+    match protocol {
+        Protocol::Postgres => proxy_protocols::postgres::encode_error_response(
+            &proxy_protocols::postgres::ErrorFields {
+                severity: "FATAL",
+                code: "53300",
+                message: &text,
+                detail: None,
+                hint: None,
+            },
+            &mut out,
+        ),
+        Protocol::Mysql => {
+            // The server speaks first: an ERR as the first packet is how
+            // MySQL itself refuses with 1040.
+            let mut payload = Vec::new();
+            proxy_protocols::mysql::encode_err(1040, Some("08004"), &text, &mut payload);
+            proxy_protocols::mysql::encode_packet(0, &payload, &mut out);
+        }
+        Protocol::Ssh | Protocol::Tcp => {}
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+        stream.shutdown().await
+    })
+    .await;
 }
 
 async fn dispatch(

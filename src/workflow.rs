@@ -442,6 +442,7 @@ impl Gateway {
     /// Periodic housekeeping: expire pending requests past their TTL and
     /// announce grants that end within the longest expiry warning.
     pub fn sweep(&self, now: SystemTime) {
+        self.limits.forget_idle();
         if self.journal.wants_compaction() {
             if let Err(e) = self.compact() {
                 tracing::error!(error = %e, "journal compaction failed; will retry");

@@ -285,7 +285,23 @@ impl FromRequestParts<Arc<Gateway>> for Caller {
                 found = Some(u);
             }
         }
-        let u = found.ok_or_else(unauthorized)?;
+        let Some(u) = found else {
+            // Guessing tokens is slowed per address: after a burst of
+            // failures, 429 until the allowance refills.
+            if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+                if !gw
+                    .limits
+                    .admin_auth_failed(crate::socket::canonical(*peer).ip())
+                {
+                    crate::metrics::limited(crate::limits::Limit::AdminAuth.label());
+                    return Err(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many failed token checks from this address; retry later",
+                    ));
+                }
+            }
+            return Err(unauthorized());
+        };
         Ok(Caller {
             name: u.name().to_string(),
             roles: u.roles.clone(),

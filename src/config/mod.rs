@@ -83,6 +83,17 @@ pub struct GatewayConfig {
     /// address (the default source of an ssh/tcp grant). Default: none (the
     /// TCP peer's address is used, and the header is ignored).
     pub trusted_proxies: Vec<Cidr>,
+    /// Open client connections at most, all resources together; more are
+    /// refused at accept (`0` = no limit). Default `10000`.
+    pub max_connections: usize,
+    /// Connections still in their handshake (no session yet) at most; more
+    /// are refused at accept (`0` = no limit). Default `1000`.
+    pub max_handshakes: usize,
+    /// New connections per second from one source address (`0` = no
+    /// limit). Default `1000`.
+    pub handshake_rate: u32,
+    /// Burst allowed above `handshake_rate` from one address. Default `2000`.
+    pub handshake_burst: u32,
     /// A pending access request not fully approved by then expires. Default `1h`.
     pub request_ttl: HumanDuration,
     /// Rotate `audit.jsonl` before a record would take it past this many
@@ -115,6 +126,10 @@ impl Default for GatewayConfig {
             relay_buffer_size: 8192,
             accept_proxy_protocol_from: Vec::new(),
             trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            max_handshakes: 1000,
+            handshake_rate: 1000,
+            handshake_burst: 2000,
             request_ttl: HumanDuration(Duration::from_secs(3600)),
             audit_rotate_bytes: 100 << 20,
             shutdown_timeout: HumanDuration(Duration::from_secs(10)),
@@ -192,6 +207,10 @@ pub struct ResourceConfig {
     /// Hard cap on one session's length, whatever the grant says. Default `8h`.
     #[serde(default = "default_max_session")]
     pub max_session: Spanned<HumanDuration>,
+    /// Open client connections on this resource at most; more are refused
+    /// at accept (`0` = no limit beyond the gateway's). Default `0`.
+    #[serde(default)]
+    pub max_connections: usize,
     /// Names a `[sensitivity.NAME]` table whose limits tighten every policy
     /// on this resource. Default: none.
     #[serde(default)]
