@@ -19,53 +19,13 @@ use common::*;
 use mysql_async::prelude::Queryable;
 use mysql_async::{ClientIdentity, OptsBuilder, SslOpts};
 use proxy_protocols::mysql::{self as my, caps};
-use rcgen::{CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    pem: PathBuf,
-}
-
-fn ca(dir: &Path, name: &str) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let pem = dir.join(format!("{name}.pem"));
-    std::fs::write(&pem, issuer.pem()).unwrap();
-    Ca { issuer, pem }
-}
-
-/// A leaf certificate signed by `ca`; returns (cert path, key path).
-fn leaf(dir: &Path, ca: &Ca, file: &str, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    let (c, k) = (
-        dir.join(format!("{file}.crt")),
-        dir.join(format!("{file}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
-
-fn tls_block(cert: &Path, key: &Path, more: &str) -> String {
-    format!(
-        "[resource.tls]\ncert = \"{}\"\nkey = \"{}\"\n{more}\n",
-        cert.display(),
-        key.display()
-    )
-}
-
 /// A server certificate for 127.0.0.1 / localhost from a new CA in `dir`.
-fn server_cert(dir: &Path) -> (Ca, PathBuf, PathBuf) {
-    let root = ca(dir, "root");
-    let (cert, key) = leaf(
+fn server_cert(dir: &Path) -> (pki::Ca, PathBuf, PathBuf) {
+    let root = pki::ca(dir, "root");
+    let (cert, key) = pki::leaf(
         dir,
         &root,
         "server",
@@ -124,7 +84,7 @@ async fn mysql_async_and_the_cli_over_tls_and_plaintext_refused_when_required() 
     let dir = tempfile::tempdir().unwrap();
     let (root, cert, key) = server_cert(dir.path());
     let mut o = Opts::mysql("my-tls");
-    o.resource_extra = tls_block(&cert, &key, "require = true");
+    o.resource_extra = pki::tls_block(&cert, &key, "require = true");
     let gw = start(o).await;
     gw.grant("alice", ALICE.0, Duration::from_secs(120));
 
@@ -151,7 +111,7 @@ async fn mysql_async_and_the_cli_over_tls_and_plaintext_refused_when_required() 
     assert_eq!(out, "42\n");
 
     // A CLI that trusts another CA refuses the gateway's certificate.
-    let other = ca(dir.path(), "other");
+    let other = pki::ca(dir.path(), "other");
     let other_arg = format!("--ssl-ca={}", other.pem.display());
     let (ok, out) = cli_tls(&gw, &["--ssl", &other_arg, "--ssl-verify-server-cert"]).await;
     assert!(!ok, "{out}");
@@ -204,18 +164,18 @@ async fn a_client_certificate_must_name_the_login() {
     setup().await;
     let dir = tempfile::tempdir().unwrap();
     let (root, cert, key) = server_cert(dir.path());
-    let clients = ca(dir.path(), "clients");
+    let clients = pki::ca(dir.path(), "clients");
     let more = format!(
         "client_ca = \"{}\"\nidentity = \"certificate\"",
         clients.pem.display()
     );
     let mut o = Opts::mysql("my-tls-cert");
-    o.resource_extra = tls_block(&cert, &key, &more);
+    o.resource_extra = pki::tls_block(&cert, &key, &more);
     let gw = start(o).await;
     alice_grant_with_both_logins(&gw, Duration::from_secs(120));
 
     let with_cert = |cn: &str, file: &str| {
-        let (c, k) = leaf(dir.path(), &clients, file, cn, &[]);
+        let (c, k) = pki::leaf(dir.path(), &clients, file, cn, &[]);
         trusting(&root.pem).with_client_identity(Some(ClientIdentity::new(c.into(), k.into())))
     };
     // The certificate names the login: admitted.
@@ -239,8 +199,8 @@ async fn a_client_certificate_must_name_the_login() {
     assert!(is_closed_error(&next), "{next:?}");
 
     // A certificate from another CA fails the TLS handshake itself.
-    let strangers = ca(dir.path(), "strangers");
-    let (c, k) = leaf(dir.path(), &strangers, "mallory", ALICE.0, &[]);
+    let strangers = pki::ca(dir.path(), "strangers");
+    let (c, k) = pki::leaf(dir.path(), &strangers, "mallory", ALICE.0, &[]);
     let ssl =
         trusting(&root.pem).with_client_identity(Some(ClientIdentity::new(c.into(), k.into())));
     let e = my_conn(tls_opts(&gw, ALICE, ssl))
@@ -266,7 +226,7 @@ async fn a_tls_session_changes_user_and_is_revoked_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (root, cert, key) = server_cert(dir.path());
     let mut o = Opts::mysql("my-tls-revoke");
-    o.resource_extra = tls_block(&cert, &key, "require = true");
+    o.resource_extra = pki::tls_block(&cert, &key, "require = true");
     let gw = start(o).await;
     let g = alice_grant_with_both_logins(&gw, Duration::from_secs(120));
     let mut c = my_conn(tls_opts(&gw, ALICE, trusting(&root.pem)))
@@ -364,7 +324,7 @@ async fn garbage_after_an_ssl_request_or_a_plaintext_response_claiming_tls_is_re
     let dir = tempfile::tempdir().unwrap();
     let (root, cert, key) = server_cert(dir.path());
     let mut o = Opts::mysql("my-tls-bad");
-    o.resource_extra = tls_block(&cert, &key, "");
+    o.resource_extra = pki::tls_block(&cert, &key, "");
     let gw = start(o).await;
     gw.grant("alice", ALICE.0, Duration::from_secs(120));
 
@@ -423,7 +383,7 @@ async fn a_client_hello_in_the_same_segment_as_the_ssl_request_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let (root, cert, key) = server_cert(dir.path());
     let mut o = Opts::mysql("my-tls-segment");
-    o.resource_extra = tls_block(&cert, &key, "");
+    o.resource_extra = pki::tls_block(&cert, &key, "");
     let gw = start(o).await;
     let addr = gw.addr();
     let root_pem = root.pem.clone();
@@ -590,7 +550,7 @@ async fn backend_tls_verify_full_sends_the_login_inside_tls() {
     o.kill_account = None;
     o.resource_extra = format!(
         "{}[resource.backend_tls]\nmode = \"verify-full\"\nca = \"{}\"\nserver_name = \"localhost\"\n",
-        tls_block(&cert, &key, ""),
+        pki::tls_block(&cert, &key, ""),
         root.pem.display()
     );
     let gw = start(o).await;
@@ -722,7 +682,7 @@ async fn certificates_rotate_without_dropping_mysql_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let (old_root, cert, key) = server_cert(dir.path());
     let mut o = Opts::mysql("my-tls-rotate");
-    o.resource_extra = tls_block(&cert, &key, "");
+    o.resource_extra = pki::tls_block(&cert, &key, "");
     let gw = start(o).await;
     gw.grant("alice", ALICE.0, Duration::from_secs(120));
     let mut live = my_conn(tls_opts(&gw, ALICE, trusting(&old_root.pem)))
@@ -731,8 +691,8 @@ async fn certificates_rotate_without_dropping_mysql_sessions() {
 
     // Replace the files in place with a certificate from a new CA: a client
     // that trusts only the new CA gets in once jitgate has noticed.
-    let new_root = ca(dir.path(), "new-root");
-    let (c2, k2) = leaf(
+    let new_root = pki::ca(dir.path(), "new-root");
+    let (c2, k2) = pki::leaf(
         dir.path(),
         &new_root,
         "server2",

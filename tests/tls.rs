@@ -5,65 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use rcgen::{CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    pem: PathBuf,
-}
-
-fn ca(dir: &Path, name: &str) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let pem = dir.join(format!("{name}.pem"));
-    std::fs::write(&pem, issuer.pem()).unwrap();
-    Ca { issuer, pem }
-}
-
-/// A leaf certificate signed by `ca`; returns (cert path, key path).
-fn leaf(
-    dir: &Path,
-    ca: &Ca,
-    file: &str,
-    cn: &str,
-    sans: &[&str],
-    expired: bool,
-) -> (PathBuf, PathBuf) {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    let (c, k) = (
-        dir.join(format!("{file}.crt")),
-        dir.join(format!("{file}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
-
-fn tls_block(cert: &Path, key: &Path, more: &str) -> String {
-    format!(
-        "[resource.tls]\ncert = \"{}\"\nkey = \"{}\"\n{more}\n",
-        cert.display(),
-        key.display()
-    )
-}
 
 fn psql(gw: &TestGateway, conninfo: &str) -> Command {
     let mut c = Command::new("psql");
@@ -95,8 +44,8 @@ async fn run(c: &mut Command) -> (bool, String) {
 #[tokio::test]
 async fn psql_over_tls_require_and_verify_full_and_plaintext_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let root = ca(dir.path(), "root");
-    let (cert, key) = leaf(
+    let root = pki::ca(dir.path(), "root");
+    let (cert, key) = pki::leaf_with(
         dir.path(),
         &root,
         "server",
@@ -105,7 +54,7 @@ async fn psql_over_tls_require_and_verify_full_and_plaintext_refused() {
         false,
     );
     let mut o = Opts::new("tls-psql");
-    o.resource_extra = tls_block(&cert, &key, "require = true");
+    o.resource_extra = pki::tls_block(&cert, &key, "require = true");
     let gw = start(o).await;
     gw.grant("alice", "postgres", Duration::from_secs(60));
 
@@ -119,7 +68,7 @@ async fn psql_over_tls_require_and_verify_full_and_plaintext_refused() {
     .await;
     assert!(ok, "{out}");
     // A client that trusts another CA refuses the gateway's certificate.
-    let other = ca(dir.path(), "other");
+    let other = pki::ca(dir.path(), "other");
     let (ok, out) = run(&mut psql(
         &gw,
         &format!("sslmode=verify-full sslrootcert={}", other.pem.display()),
@@ -198,8 +147,8 @@ async fn tp_connect_with(
 #[tokio::test]
 async fn client_certificates_are_the_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let root = ca(dir.path(), "root");
-    let (cert, key) = leaf(
+    let root = pki::ca(dir.path(), "root");
+    let (cert, key) = pki::leaf_with(
         dir.path(),
         &root,
         "server",
@@ -207,11 +156,12 @@ async fn client_certificates_are_the_identity() {
         &["localhost"],
         false,
     );
-    let (good_c, good_k) = leaf(dir.path(), &root, "client-postgres", "postgres", &[], false);
-    let (wrong_c, wrong_k) = leaf(dir.path(), &root, "client-root", "root", &[], false);
-    let (old_c, old_k) = leaf(dir.path(), &root, "client-expired", "postgres", &[], true);
-    let stranger = ca(dir.path(), "stranger");
-    let (alien_c, alien_k) = leaf(
+    let (good_c, good_k) =
+        pki::leaf_with(dir.path(), &root, "client-postgres", "postgres", &[], false);
+    let (wrong_c, wrong_k) = pki::leaf_with(dir.path(), &root, "client-root", "root", &[], false);
+    let (old_c, old_k) = pki::leaf_with(dir.path(), &root, "client-expired", "postgres", &[], true);
+    let stranger = pki::ca(dir.path(), "stranger");
+    let (alien_c, alien_k) = pki::leaf_with(
         dir.path(),
         &stranger,
         "client-alien",
@@ -220,7 +170,7 @@ async fn client_certificates_are_the_identity() {
         false,
     );
     let mut o = Opts::new("tls-mtls");
-    o.resource_extra = tls_block(
+    o.resource_extra = pki::tls_block(
         &cert,
         &key,
         &format!(
@@ -281,8 +231,8 @@ async fn client_certificates_are_the_identity() {
 #[tokio::test]
 async fn tls_garbage_is_refused_and_the_gateway_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let root = ca(dir.path(), "root");
-    let (cert, key) = leaf(
+    let root = pki::ca(dir.path(), "root");
+    let (cert, key) = pki::leaf_with(
         dir.path(),
         &root,
         "server",
@@ -291,7 +241,7 @@ async fn tls_garbage_is_refused_and_the_gateway_keeps_serving() {
         false,
     );
     let mut o = Opts::new("tls-garbage");
-    o.resource_extra = tls_block(&cert, &key, "");
+    o.resource_extra = pki::tls_block(&cert, &key, "");
     let gw = start(o).await;
     gw.grant("alice", "postgres", Duration::from_secs(60));
     // SSLRequest → 'S', then noise instead of a ClientHello.
@@ -380,8 +330,8 @@ async fn presented_cert(gw: &TestGateway) -> Vec<u8> {
 #[tokio::test]
 async fn certificates_rotate_without_dropping_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    let root = ca(dir.path(), "root");
-    let (cert, key) = leaf(
+    let root = pki::ca(dir.path(), "root");
+    let (cert, key) = pki::leaf_with(
         dir.path(),
         &root,
         "server",
@@ -390,7 +340,7 @@ async fn certificates_rotate_without_dropping_sessions() {
         false,
     );
     let mut o = Opts::new("tls-rotate");
-    o.resource_extra = tls_block(&cert, &key, "");
+    o.resource_extra = pki::tls_block(&cert, &key, "");
     let gw = start(o).await;
     gw.grant("alice", "postgres", Duration::from_secs(60));
     let before = presented_cert(&gw).await;
@@ -399,7 +349,7 @@ async fn certificates_rotate_without_dropping_sessions() {
         .unwrap();
 
     // Replace the files in place (a renewal).
-    let (c2, k2) = leaf(
+    let (c2, k2) = pki::leaf_with(
         dir.path(),
         &root,
         "server2",
@@ -482,8 +432,8 @@ async fn backend_tls_against_the_real_server_and_verify_full_checks_the_name() {
 #[tokio::test]
 async fn the_admin_api_over_https_with_the_cli_verifying_it() {
     let dir = tempfile::tempdir().unwrap();
-    let root = ca(dir.path(), "root");
-    let (cert, key) = leaf(
+    let root = pki::ca(dir.path(), "root");
+    let (cert, key) = pki::leaf_with(
         dir.path(),
         &root,
         "admin",
@@ -520,7 +470,7 @@ async fn the_admin_api_over_https_with_the_cli_verifying_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
-    let other = ca(dir.path(), "other");
+    let other = pki::ca(dir.path(), "other");
     let out = cli(&other.pem).output().await.unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

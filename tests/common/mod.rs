@@ -12,6 +12,7 @@
 
 pub mod mysql;
 pub mod net;
+pub mod pki;
 pub mod sshd;
 
 use std::future::Future;
