@@ -76,6 +76,14 @@ pub enum ConnWrite<'a> {
     TlsClient(WriteHalf<&'a mut client::TlsStream<TcpStream>>),
 }
 
+impl ConnRead<'_> {
+    /// Whether this half reads straight from the socket (no TLS buffer in
+    /// between), so a read that would block proves nothing is pending.
+    pub fn is_plain(&self) -> bool {
+        matches!(self, ConnRead::Plain(_))
+    }
+}
+
 impl ConnWrite<'_> {
     /// Whether writes may sit in a TLS buffer until flushed.
     pub fn is_tls(&self) -> bool {

@@ -39,6 +39,7 @@ pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod audit;
+pub mod bufpool;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -20,7 +20,10 @@
 //! and the kill switch, and every branch is a single cancel-safe read or
 //! write whose progress lives in the relay's state, so a slow reader on
 //! either side never delays a kill. A buffer is read into only when it has
-//! been fully written, so memory per session is fixed (two buffers).
+//! been fully written, so memory per session is bounded (two buffers). On a
+//! plaintext leg the buffer is taken from [`crate::bufpool`] only for a
+//! read and handed back when the socket has nothing more to read, so an
+//! idle session holds no relay buffer at all.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,7 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+use crate::bufpool;
 
 use crate::conn::{Conn, ConnRead, ConnWrite};
 
@@ -175,7 +181,10 @@ pub struct RelayParams {
 /// Backend → client bytes read but not yet all written, with what is known
 /// of message boundaries inside them.
 struct Down {
+    /// Empty while idle on a plaintext leg (see [`read_lazy`]).
     buf: Vec<u8>,
+    /// The size `buf` has when held.
+    size: usize,
     len: usize,
     pos: usize,
     b: Boundaries,
@@ -218,7 +227,7 @@ impl Down {
     /// Take whole handshake messages.
     fn load_messages(&mut self, msgs: &[u8]) {
         if self.buf.len() < msgs.len() {
-            self.buf.resize(msgs.len(), 0);
+            self.buf.resize(msgs.len().max(self.size), 0);
         }
         if let Some(dst) = self.buf.get_mut(..msgs.len()) {
             dst.copy_from_slice(msgs);
@@ -236,7 +245,10 @@ impl Down {
 
 /// Client → backend bytes read but not yet all written.
 struct Up {
+    /// Empty while idle on a plaintext leg (see [`read_lazy`]).
     buf: Vec<u8>,
+    /// The size `buf` has when held.
+    size: usize,
     len: usize,
     pos: usize,
     /// Bytes in `buf[..len]` the wire has not passed yet.
@@ -305,12 +317,11 @@ async fn up_step<W: Wire>(
     if !up.held {
         up.len = 0;
         up.pos = 0;
-    }
-    let Some(space) = up.buf.get_mut(up.len..).filter(|s| !s.is_empty()) else {
+    } else if up.len >= up.buf.len() {
         // The wire held a message larger than the buffer.
         return Step::End(EndReason::Error);
-    };
-    let n = match client.read(space).await {
+    }
+    let n = match read_lazy(client, &mut up.buf, up.len, up.size).await {
         Ok(0) => return Step::ClientEof,
         Err(_) => return Step::ClientGone,
         Ok(n) => n,
@@ -411,6 +422,9 @@ async fn down_step<W: Wire>(
         }
     } else if !st.hs_in.is_empty() {
         // Bytes that followed the end of the handshake in the same read.
+        if st.down.buf.is_empty() {
+            st.down.buf = bufpool::take(st.down.size);
+        }
         let n = st.hs_in.len().min(st.down.buf.len());
         let chunk = st.hs_in.split_to(n);
         if let Some(dst) = st.down.buf.get_mut(..n) {
@@ -419,7 +433,12 @@ async fn down_step<W: Wire>(
         st.down.len = n;
         0
     } else {
-        match backend.read(&mut st.down.buf).await {
+        if st.hs_in.capacity() > 0 || st.hs_out.capacity() > 0 {
+            // The handshake is over: its buffers are not needed again.
+            st.hs_in = BytesMut::new();
+            st.hs_out = BytesMut::new();
+        }
+        match read_lazy(backend, &mut st.down.buf, 0, st.down.size).await {
             Ok(0) => return Step::BackendEof,
             Err(_) => return Step::BackendGone,
             Ok(n) => {
@@ -455,6 +474,41 @@ async fn down_step<W: Wire>(
     }
 }
 
+/// Read into `buf[at..]`, taking `buf` (of `size` bytes) from the pool if
+/// it is empty. On a plaintext leg with nothing held (`at == 0`), a read
+/// that would block hands the buffer back before waiting: tokio's read does
+/// no system call while the socket is known not to be readable, so an idle
+/// session costs a pool round trip per wake-up and holds no buffer.
+/// Cancel-safe: `buf` is either empty or a whole buffer at every await.
+async fn read_lazy(
+    r: &mut ConnRead<'_>,
+    buf: &mut Vec<u8>,
+    at: usize,
+    size: usize,
+) -> std::io::Result<usize> {
+    let lazy = at == 0 && r.is_plain();
+    std::future::poll_fn(|cx| {
+        if buf.is_empty() {
+            *buf = bufpool::take(size);
+        }
+        let Some(space) = buf.get_mut(at..) else {
+            return Poll::Ready(Err(std::io::ErrorKind::InvalidInput.into()));
+        };
+        let mut rb = ReadBuf::new(space);
+        match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if lazy {
+                    bufpool::give(std::mem::take(buf));
+                }
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
 /// Relay until the session ends; returns why and when the cause happened.
 /// On an enforced end the client is told why at a message boundary (where
 /// the wire has a farewell), the wire's end action runs, and both sockets
@@ -471,7 +525,8 @@ pub async fn run<W: Wire>(
     let mut enforcer = Enforcer::new(session.clone(), p.idle, &p.warnings);
     let (bytes_up, bytes_down) = crate::metrics::byte_counters(&session.resource);
     let mut up = Up {
-        buf: vec![0u8; p.buffer_size],
+        buf: Vec::new(),
+        size: p.buffer_size,
         len: 0,
         pos: 0,
         held: false,
@@ -479,7 +534,8 @@ pub async fn run<W: Wire>(
     };
     let mut st = DownState {
         down: Down {
-            buf: vec![0u8; p.buffer_size],
+            buf: Vec::new(),
+            size: p.buffer_size,
             len: 0,
             pos: 0,
             b: Boundaries::default(),
@@ -598,6 +654,8 @@ pub async fn run<W: Wire>(
     }
     drop(backend);
     drop(client);
+    bufpool::give(up.buf);
+    bufpool::give(st.down.buf);
     (reason, since)
 }
 
@@ -628,6 +686,9 @@ async fn drain_to_boundary<W: Wire>(
                 if wire.in_handshake() {
                     // Whole messages only in this phase: always at a boundary.
                     return true;
+                }
+                if down.buf.is_empty() {
+                    down.buf = bufpool::take(down.size);
                 }
                 match backend.read(&mut down.buf).await {
                     Ok(0) | Err(_) => return false,
