@@ -119,7 +119,9 @@ pub async fn dial_announcing(
 pub async fn close_refused(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
     let drain = async {
-        let mut buf = [0u8; 4096];
+        // On the heap: an array here would sit in every connection task
+        // that may refuse, for the task's whole life (4 KiB per session).
+        let mut buf = vec![0u8; 4096];
         let mut total = 0usize;
         while total < REFUSAL_DRAIN_MAX {
             match stream.read(&mut buf).await {

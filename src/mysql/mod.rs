@@ -180,7 +180,7 @@ pub async fn handle(
     let mut conn = Some(Conn::Plain(client));
 
     let front = tokio::select! {
-        r = tokio::time::timeout(timeout, front_handshake(&gw, &resource, tls.as_deref(), &mut conn)) => {
+        r = tokio::time::timeout(timeout, Box::pin(front_handshake(&gw, &resource, tls.as_deref(), &mut conn))) => {
             r.unwrap_or(Err(FrontFailure::Timeout))
         }
         _ = gw.shutdown.cancelled() => return,
@@ -265,7 +265,7 @@ pub async fn handle(
     };
     let session = admitted.session.clone();
 
-    let leg = backend::open(&gw, &resource, &response, deadline).await;
+    let leg = Box::pin(backend::open(&gw, &resource, &response, deadline)).await;
     let leg = match leg {
         Ok(leg) => leg,
         Err(e) => {

@@ -57,8 +57,10 @@ pub type LoginChanged = Box<dyn Fn(&Session, &str) -> std::io::Result<()> + Send
 pub struct MyWire {
     session: Arc<Session>,
     authed: bool,
-    up: PacketFramer,
-    down: PacketFramer,
+    // Boxed: each framer holds the head of the current payload, and the
+    // wire is moved into (and kept by) every session's relay task.
+    up: Box<PacketFramer>,
+    down: Box<PacketFramer>,
     conv: Conversation,
     /// The command in progress was already judged (from its head).
     up_judged: bool,
@@ -120,8 +122,8 @@ impl MyWire {
         MyWire {
             session,
             authed: false,
-            up: PacketFramer::new(MAX_HEAD),
-            down: PacketFramer::new(DOWN_HEAD),
+            up: Box::new(PacketFramer::new(MAX_HEAD)),
+            down: Box::new(PacketFramer::new(DOWN_HEAD)),
             conv: Conversation::in_auth(deprecate_eof, client_next),
             up_judged: false,
             kill,
