@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::mysql::*;
 use common::net::{established, read_until_closed};
+use common::pgraw::{query, read_until_ready, startup};
 use common::*;
 use mysql_async::prelude::Queryable;
 use proxy_protocols::mysql::PacketFramer;
@@ -359,44 +360,6 @@ async fn garbage_from_the_backend_ends_the_session_with_a_fatal_and_cancels_the_
     names_the_backend(&message, "bf-pg-garbage");
     ended_by_backend(&gw).await;
     wait_running(&direct, marker, 0).await;
-}
-
-/// A raw PostgreSQL startup for `user` on database `test`.
-fn startup(user: &str) -> Vec<u8> {
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", "test")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
-
-/// A simple Query message.
-fn query(sql: &str) -> Vec<u8> {
-    let mut out = vec![b'Q'];
-    out.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
-    out.extend_from_slice(sql.as_bytes());
-    out.push(0);
-    out
-}
-
-/// Read messages until ReadyForQuery.
-async fn read_until_ready(s: &mut TcpStream) {
-    loop {
-        let tag = s.read_u8().await.unwrap();
-        let len = s.read_u32().await.unwrap() as usize;
-        let mut body = vec![0u8; len - 4];
-        s.read_exact(&mut body).await.unwrap();
-        assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
-        if tag == b'Z' {
-            return;
-        }
-    }
 }
 
 #[tokio::test]
