@@ -1,5 +1,7 @@
-//! Resource exhaustion on the real binary (a child process, so its memory
-//! can be read from /proc): a client that never reads a large result.
+//! Resource exhaustion on the real binary (a child process, so its memory,
+//! CPU time and descriptors can be read from /proc): a client that never
+//! reads a large result, and a descriptor limit far below the connections
+//! offered.
 
 mod common;
 
@@ -150,4 +152,98 @@ async fn a_mysql_client_that_never_reads_a_large_result_costs_bounded_memory() {
         .expect("the CLI ends once its session is revoked")
         .unwrap();
     assert!(!status.success());
+}
+
+/// How a connection offered during the descriptor shortage ended up.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    /// Accepted and still open (waiting for its startup).
+    Held,
+    /// Told it was refused and closed.
+    Refused,
+    /// Closed without an answer.
+    Closed,
+}
+
+async fn fate(s: &mut TcpStream) -> Fate {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await {
+            Err(_) => return Fate::Held,
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    if text.contains("53300") && text.contains("jitgate: too many connections (fds)") {
+        Fate::Refused
+    } else {
+        assert!(got.is_empty(), "unexpected answer: {text}");
+        Fate::Closed
+    }
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_excess_is_refused_without_spinning_and_service_resumes() {
+    let mut o = Opts::new("ex-fds");
+    // The connections below wait in their handshake for the whole test.
+    o.handshake_timeout = "60s";
+    let mut p = Process::start(&o, &["prlimit", "--nofile=128:128", "--"]).await;
+    p.grant("alice", "ex-fds").await;
+    let baseline = p.fds();
+
+    // Three times what the limit allows, none of them sending a byte.
+    let mut conns = Vec::new();
+    for _ in 0..384 {
+        conns.push(TcpStream::connect(p.listen).await.unwrap());
+    }
+    wait_until("the gateway at its descriptor limit", LIMIT, || async {
+        p.fds() >= 120
+    })
+    .await;
+
+    // While at the limit, with more connections arriving, the gateway
+    // refuses them and does not spin.
+    let cpu_before = p.cpu();
+    let begun = Instant::now();
+    for _ in 0..40 {
+        conns.push(TcpStream::connect(p.listen).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fates = futures_util::future::join_all(conns.iter_mut().map(fate)).await;
+    let cpu = p.cpu() - cpu_before;
+    let wall = begun.elapsed();
+    let count = |f: Fate| fates.iter().filter(|x| **x == f).count();
+    let (held, refused, closed) = (count(Fate::Held), count(Fate::Refused), count(Fate::Closed));
+    eprintln!(
+        "baseline {baseline} fds; held {held}, refused {refused}, closed {closed}; CPU {cpu:?} over {wall:?}"
+    );
+    assert!(p.alive(), "the gateway is still running");
+    assert!(held > 64 && held < 128, "held {held}");
+    assert!(refused > 250, "refused {refused}");
+    assert!(
+        cpu < wall / 4,
+        "CPU {cpu:?} over {wall:?}: the accept loop spins"
+    );
+    // One warning for the burst, not one per connection.
+    let log = p.log();
+    assert_eq!(log.matches("out of file descriptors").count(), 1, "{log}");
+
+    // Once they close, descriptors come back and a granted client works.
+    drop(conns);
+    wait_until("descriptors back near the baseline", LIMIT, || async {
+        p.fds() <= baseline + 4
+    })
+    .await;
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(p.listen.port())
+        .user("postgres")
+        .dbname("test");
+    let conn = connect(&c).await.expect("a granted client connects");
+    conn.client.simple_query("SELECT 1").await.unwrap();
+    let limited = p.metric("jitgate_limited_total", &["limit=\"fds\""]).await;
+    assert!(limited >= refused as f64, "{limited} < {refused}");
+    assert!(log.lines().count() < 20, "{log}");
 }
