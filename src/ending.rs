@@ -143,7 +143,11 @@ impl fmt::Display for ClientText<'_> {
                 "{}; the session is closed",
                 crate::admission::no_grant_message(login, r)
             ),
-            EndReason::Client | EndReason::Backend | EndReason::Error => {
+            EndReason::Backend => write!(
+                f,
+                "jitgate: lost the connection to the backend of {r}; the session is closed"
+            ),
+            EndReason::Client | EndReason::Error => {
                 write!(f, "jitgate: session on {r} ended")
             }
         }
@@ -187,6 +191,11 @@ mod tests {
             "jitgate: no active access grant for \"root\" on \"prod-pg\"; the session is closed"
         );
         assert_eq!(denied.label(), "denied");
+        assert_eq!(
+            t(EndReason::Backend),
+            "jitgate: lost the connection to the backend of prod-pg; the session is closed"
+        );
+        assert!(!EndReason::Backend.is_enforced());
         assert!(denied.is_enforced());
     }
 }

@@ -7,7 +7,8 @@
 //! own protocol where it has a way to show one. Where things live:
 //!
 //! - [`server`]: bind listeners, accept loops (PROXY protocol from trusted
-//!   load balancers), shutdown; [`conn`]: a connection leg, plaintext or
+//!   load balancers), shutdown; [`accept`]: accepting when file
+//!   descriptors run out; [`conn`]: a connection leg, plaintext or
 //!   TLS; [`socket`]: socket chores shared by handlers;
 //! - [`admission`]: where every connection is let in or refused;
 //! - [`relay`]: bytes both ways and where a session is killed, for every
@@ -35,6 +36,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod admin;
 pub mod admission;
 pub mod api;

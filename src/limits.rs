@@ -32,6 +32,9 @@ pub enum Limit {
     HandshakeRate,
     /// Failed admin-API token checks from one address.
     AdminAuth,
+    /// The process (or system) had no file descriptor left for a new
+    /// connection (see [`crate::accept`]).
+    Fds,
 }
 
 impl Limit {
@@ -43,6 +46,7 @@ impl Limit {
             Limit::Handshakes => "handshakes",
             Limit::HandshakeRate => "handshake_rate",
             Limit::AdminAuth => "admin_auth",
+            Limit::Fds => "fds",
         }
     }
 }

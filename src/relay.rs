@@ -16,6 +16,14 @@
 //! end, reset or write error). For a database protocol, one side closing
 //! ends the session at once: a PostgreSQL client that closes is gone.
 //!
+//! A backend that fails mid-session (reset, write error, bytes that break
+//! the wire's framing) ends the session with [`EndReason::Backend`]; the
+//! complete messages it sent are delivered and then the wire's farewell,
+//! only if the client stream is then at a boundary (never inside a
+//! message). A backend that stalls is not timed out per read: the idle
+//! timeout and every enforced end (expiry, revoke, kill) still end the
+//! session, since the kill switch is a branch of the same `select!`.
+//!
 //! Invariants: one `select!` drives both directions, the enforcement clock
 //! and the kill switch, and every branch is a single cancel-safe read or
 //! write whose progress lives in the relay's state, so a slow reader on
@@ -127,11 +135,13 @@ pub trait Wire: Send {
         None
     }
 
-    /// The message that tells the client why access ended, if the protocol
-    /// has one. The relay asks once to learn whether there is one, then
-    /// again once the client stream is at a boundary, and writes the second
-    /// answer: it may depend on what the client has received (MySQL
-    /// sequence ids), so it must not change the wire's state.
+    /// The message that tells the client why the session ended, if the
+    /// protocol has one: on an enforced end, and with
+    /// [`EndReason::Backend`] when the backend failed (reset, write error,
+    /// protocol violation). The relay asks once to learn whether there is
+    /// one, then again once the client stream is at a boundary, and writes
+    /// the second answer: it may depend on what the client has received
+    /// (MySQL sequence ids), so it must not change the wire's state.
     fn farewell(&mut self, _session: &Session, _reason: &EndReason) -> Option<Vec<u8>> {
         None
     }
@@ -222,6 +232,13 @@ impl Down {
         self.pos = 0;
         self.b = b;
         self.tail_boundary = tail_boundary;
+    }
+
+    /// Drop the chunk just read (the wire refused it): the client has
+    /// everything before it, which ended at a boundary or not.
+    fn discard(&mut self) {
+        let tail = self.tail_boundary;
+        self.loaded(0, Boundaries::default(), tail);
     }
 
     /// Take whole handshake messages.
@@ -469,6 +486,8 @@ async fn down_step<W: Wire>(
         }
         Err(e) => {
             tracing::warn!(session = %session.id, error = %e, "backend broke the protocol");
+            // None of these bytes reach the client.
+            st.down.discard();
             Step::BackendGone
         }
     }
@@ -512,7 +531,11 @@ async fn read_lazy(
 /// Relay until the session ends; returns why and when the cause happened.
 /// On an enforced end the client is told why at a message boundary (where
 /// the wire has a farewell), the wire's end action runs, and both sockets
-/// are closed, all within [`FINISH_BUDGET`].
+/// are closed, all within [`FINISH_BUDGET`]. When the backend failed
+/// (reset, write error, protocol violation) the client is told too, if the
+/// messages already received leave it at a boundary; an orderly close by
+/// the backend (end of stream) is passed on as a close, since a server that
+/// closes in order has said why itself (PostgreSQL sends its own FATAL).
 pub async fn run<W: Wire>(
     p: RelayParams,
     mut wire: W,
@@ -555,6 +578,9 @@ pub async fn run<W: Wire>(
     tokio::pin!(handshake_timer);
 
     let half_close = wire.half_close();
+    // The backend failed (rather than closing in order): the client is
+    // told, where its protocol and the stream position allow.
+    let mut backend_failed = false;
     let (reason, since) = {
         // Both directions consult the wire; they never hold the lock
         // across an await, so it is never contended for long.
@@ -603,7 +629,11 @@ pub async fn run<W: Wire>(
                         }
                     }
                     Step::ClientEof | Step::ClientGone => break (EndReason::Client, None),
-                    Step::BackendEof | Step::BackendGone => break (EndReason::Backend, None),
+                    Step::BackendEof => break (EndReason::Backend, None),
+                    Step::BackendGone => {
+                        backend_failed = true;
+                        break (EndReason::Backend, None);
+                    }
                     Step::End(r) => break (r, Some(std::time::Instant::now())),
                 },
                 s = down_step(&mut st, &wire_ref, &mut backend_r, &mut client_w, &session, &bytes_down), if down_open => match s {
@@ -617,7 +647,11 @@ pub async fn run<W: Wire>(
                         }
                     }
                     Step::ClientEof | Step::ClientGone => break (EndReason::Client, None),
-                    Step::BackendEof | Step::BackendGone => break (EndReason::Backend, None),
+                    Step::BackendEof => break (EndReason::Backend, None),
+                    Step::BackendGone => {
+                        backend_failed = true;
+                        break (EndReason::Backend, None);
+                    }
                     Step::End(r) => break (r, Some(std::time::Instant::now())),
                 },
             }
@@ -629,7 +663,7 @@ pub async fn run<W: Wire>(
         let action = wire.end_action();
         let finish_client = async {
             if has_farewell
-                && drain_to_boundary(&mut client, &mut backend, &mut st.down, &mut wire).await
+                && drain_to_boundary(&mut client, Some(&mut backend), &mut st.down, &mut wire).await
             {
                 // Built after the drain: its bytes may depend on what the
                 // client has received by now (MySQL sequence ids).
@@ -649,6 +683,20 @@ pub async fn run<W: Wire>(
             tokio::join!(finish_client, run_action)
         })
         .await;
+    } else if backend_failed && wire.farewell(&session, &reason).is_some() {
+        // The backend is gone: deliver the complete messages it sent, then
+        // the farewell, only if that leaves the client at a boundary (a
+        // message is never split, nothing more is read from the backend).
+        let finish_client = async {
+            if drain_to_boundary(&mut client, None, &mut st.down, &mut wire).await {
+                if let Some(msg) = wire.farewell(&session, &reason) {
+                    let _ = client.write_all(&msg).await;
+                    let _ = client.flush().await;
+                }
+            }
+            let _ = client.shutdown().await;
+        };
+        let _ = tokio::time::timeout(FINISH_BUDGET, finish_client).await;
     } else {
         let _ = tokio::time::timeout(FINISH_BUDGET, client.shutdown()).await;
     }
@@ -662,10 +710,11 @@ pub async fn run<W: Wire>(
 /// Bring the client stream to a message boundary: write what is pending up
 /// to the *last* boundary of the chunk read (so the client has received
 /// every message the wire has seen complete), reading more from the backend
-/// if the chunk ends inside a message. False if that is not possible.
+/// if the chunk ends inside a message and there is a `backend` to read.
+/// False if that is not possible.
 async fn drain_to_boundary<W: Wire>(
     client: &mut Conn,
-    backend: &mut Conn,
+    mut backend: Option<&mut Conn>,
     down: &mut Down,
     wire: &mut W,
 ) -> bool {
@@ -681,12 +730,17 @@ async fn drain_to_boundary<W: Wire>(
             // Nothing complete ahead and already at a boundary (the chunk
             // starts a message that has not ended yet).
             None if down.at_boundary() => return true,
+            // The message under way cannot be finished.
+            None if backend.is_none() => return false,
             None if down.pending() => down.len,
             None => {
                 if wire.in_handshake() {
                     // Whole messages only in this phase: always at a boundary.
                     return true;
                 }
+                let Some(backend) = backend.as_deref_mut() else {
+                    return false;
+                };
                 if down.buf.is_empty() {
                     down.buf = bufpool::take(down.size);
                 }

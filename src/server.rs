@@ -13,8 +13,10 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::Acceptor;
 use crate::config::{Cidr, Config, Protocol, ResourceConfig};
 use crate::gateway::Gateway;
+use crate::limits::Limit;
 use crate::metrics::{self as m, Outcome};
 use crate::socket::{self, Endpoints};
 
@@ -188,60 +190,67 @@ pub(crate) async fn accept_loop(
     stop: CancellationToken,
 ) {
     let open_here = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let name = resource.load().name().to_string();
+    let mut acceptor = Acceptor::new(listener, format!("resource {name}"));
     loop {
-        let accepted = tokio::select! {
+        let protocol = resource.load().protocol();
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            a = listener.accept() => a,
+            a = acceptor.next(|| refusal(protocol, Limit::Fds).to_vec()) => a,
         };
         let resource = resource.load_full();
-        match accepted {
-            Ok((stream, peer)) => {
-                let config = gw.config();
-                let place = gw.limits.admit(
-                    &config.gateway,
-                    &open_here,
-                    resource.max_connections,
-                    socket::canonical(peer).ip(),
-                    gw.sessions.len(),
+        let config = gw.config();
+        let place = gw.limits.admit(
+            &config.gateway,
+            &open_here,
+            resource.max_connections,
+            socket::canonical(peer).ip(),
+            gw.sessions.len(),
+        );
+        let guard = match place {
+            Ok(g) => g,
+            Err(limit) => {
+                m::limited(limit.label());
+                m::connection(
+                    resource.name(),
+                    resource.protocol().as_str(),
+                    Outcome::Error,
                 );
-                let guard = match place {
-                    Ok(g) => g,
-                    Err(limit) => {
-                        m::limited(limit.label());
-                        m::connection(
-                            resource.name(),
-                            resource.protocol().as_str(),
-                            Outcome::Error,
-                        );
-                        tracing::debug!(%peer, resource = resource.name(), limit = limit.label(), "connection refused by a limit");
-                        gw.tracker
-                            .spawn(refuse_over_limit(resource.protocol(), stream, limit));
-                        continue;
-                    }
-                };
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(%peer, error = %e, "set_nodelay failed");
-                }
-                let gw2 = gw.clone();
-                let r = resource.clone();
-                gw.tracker.spawn(async move {
-                    dispatch(gw2, r, stream, peer).await;
-                    drop(guard);
-                });
+                tracing::debug!(%peer, resource = resource.name(), limit = limit.label(), "connection refused by a limit");
+                gw.tracker
+                    .spawn(refuse_over_limit(resource.protocol(), stream, limit));
+                continue;
             }
-            Err(e) => {
-                // Out of file descriptors and similar: back off, keep serving.
-                tracing::warn!(resource = resource.name(), error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "set_nodelay failed");
         }
+        let gw2 = gw.clone();
+        let r = resource.clone();
+        gw.tracker.spawn(async move {
+            dispatch(gw2, r, stream, peer).await;
+            drop(guard);
+        });
     }
 }
 
 /// Tell a client refused by a limit why, in its protocol where it has a
 /// way, and close. Bounded: a client that does not read is dropped.
-async fn refuse_over_limit(protocol: Protocol, mut stream: TcpStream, limit: crate::limits::Limit) {
+async fn refuse_over_limit(protocol: Protocol, mut stream: TcpStream, limit: Limit) {
     use tokio::io::AsyncWriteExt;
+    let out = refusal(protocol, limit);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// The protocol's "too many connections" answer for `limit` (empty for
+/// SSH and TCP, which are simply closed).
+fn refusal(protocol: Protocol, limit: Limit) -> bytes::BytesMut {
     let text = format!("jitgate: too many connections ({})", limit.label());
     let mut out = bytes::BytesMut::new();
     match protocol {
@@ -264,13 +273,7 @@ async fn refuse_over_limit(protocol: Protocol, mut stream: TcpStream, limit: cra
         }
         Protocol::Ssh | Protocol::Tcp => {}
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        if !out.is_empty() {
-            stream.write_all(&out).await?;
-        }
-        stream.shutdown().await
-    })
-    .await;
+    out
 }
 
 async fn dispatch(

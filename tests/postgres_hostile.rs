@@ -6,42 +6,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::pgraw::*;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const SSL_REQUEST: u32 = 80877103;
 const GSSENC_REQUEST: u32 = 80877104;
-const PROTOCOL_3_0: u32 = 3 << 16;
-
-/// A startup packet: length word, version or request code, then `name\0value\0`
-/// pairs and the final NUL (the pairs and NUL only when `params` is `Some`).
-fn packet(code: u32, params: Option<&[(&str, &str)]>) -> Vec<u8> {
-    let mut body = Vec::new();
-    if let Some(params) = params {
-        for (k, v) in params {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-    }
-    let mut out = Vec::new();
-    out.extend_from_slice(&(8 + body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&code.to_be_bytes());
-    out.extend_from_slice(&body);
-    out
-}
-
-/// A protocol 3.0 StartupMessage for `user` on database `test`.
-fn startup(user: &str) -> Vec<u8> {
-    packet(PROTOCOL_3_0, Some(&[("user", user), ("database", "test")]))
-}
 
 /// Open a connection, write `bytes` in one write, and read everything the
 /// gateway sends until it closes the socket. Panics unless it closes within
@@ -69,44 +43,6 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
         .await
         .expect("the gateway did not close the connection");
     out
-}
-
-/// The fields of the single ErrorResponse that makes up `bytes`, by field code.
-fn error_response(bytes: &[u8]) -> HashMap<char, String> {
-    assert_eq!(
-        bytes.first(),
-        Some(&b'E'),
-        "expected an ErrorResponse, got {bytes:?}"
-    );
-    let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
-    assert_eq!(bytes.len(), 1 + len, "exactly one message, then EOF");
-    let mut fields = HashMap::new();
-    let mut rest = &bytes[5..];
-    while let Some((&code, tail)) = rest.split_first() {
-        if code == 0 {
-            break;
-        }
-        let end = tail.iter().position(|&b| b == 0).unwrap();
-        fields.insert(
-            code as char,
-            String::from_utf8(tail[..end].to_vec()).unwrap(),
-        );
-        rest = &tail[end + 1..];
-    }
-    fields
-}
-
-/// Read one backend message: (tag, body).
-async fn read_message(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 5];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
-        .await
-        .expect("a message in time")
-        .unwrap();
-    let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body).await.unwrap();
-    (head[0], body)
 }
 
 /// A gateway with a live grant for login `postgres`.

@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::process::Command;
 
 /// Start a gateway whose config lives in a file, so `POST /v1/reload` can
 /// read it again; returns the gateway and the file.
@@ -267,51 +266,11 @@ async fn removed_users_and_tightened_policies_end_or_shorten_grants() {
     assert!(alice.client.is_closed());
 }
 
-const JITGATE: &str = env!("CARGO_BIN_EXE_jitgate");
-
 #[tokio::test]
 async fn sighup_reloads_and_sigterm_tells_clients_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let pg = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     let o = Opts::new("rl-signals");
-    let text = |extra: &str| {
-        config_text(&o, &dir.path().join("state"))
-            .replace(
-                "admin_listen = \"127.0.0.1:0\"",
-                &format!("admin_listen = \"{admin}\"\nwatch_interval = \"0s\""),
-            )
-            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{pg}\""))
-            + extra
-    };
-    let path = dir.path().join("jitgate.toml");
-    std::fs::write(&path, text("")).unwrap();
-    let mut child = Command::new(JITGATE)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_until("gateway up", Duration::from_secs(15), || async {
-        tokio::net::TcpStream::connect(admin).await.is_ok()
-    })
-    .await;
-    let (st, _) = http(
-        admin,
-        "POST",
-        "/v1/grants",
-        Some(ADMIN_TOKEN),
-        Some(&serde_json::json!({"principal": "alice", "resource": "rl-signals", "duration": "5m", "reason": "t"}).to_string()),
-    )
-    .await;
-    assert_eq!(st, 201);
+    let mut gw = common::process::Process::start(&o, &[]).await;
+    gw.grant("alice", "rl-signals").await;
 
     // SIGHUP: a second resource appears.
     let extra_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -320,14 +279,14 @@ async fn sighup_reloads_and_sigterm_tells_clients_and_exits_zero() {
         .unwrap()
         .port();
     std::fs::write(
-        &path,
-        text(&second_resource(
+        &gw.config,
+        gw.config_with(&second_resource(
             "rl-hup",
             &format!("127.0.0.1:{extra_port}"),
         )),
     )
     .unwrap();
-    let pid = child.id().unwrap().to_string();
+    let pid = gw.pid().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-HUP", &pid])
         .status()
@@ -347,7 +306,7 @@ async fn sighup_reloads_and_sigterm_tells_clients_and_exits_zero() {
     // SIGTERM with a live session: the client is told, the process exits 0.
     let mut c = tokio_postgres::Config::new();
     c.host("127.0.0.1")
-        .port(pg.port())
+        .port(gw.listen.port())
         .user("postgres")
         .dbname("test");
     let conn = connect(&c).await.unwrap();
@@ -362,7 +321,7 @@ async fn sighup_reloads_and_sigterm_tells_clients_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert!(end.unwrap_err().contains("gateway is shutting down"));
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(15), gw.child.wait())
         .await
         .unwrap()
         .unwrap();

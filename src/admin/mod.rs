@@ -19,8 +19,11 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use axum::serve::{Listener, ListenerExt};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
+
+use crate::accept::Acceptor;
 
 use crate::api::ErrorBody;
 use crate::audit::Health;
@@ -54,12 +57,39 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, surface: Surface) {
         return;
     }
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    // The tap also gives the listener axum's `ConnectInfo<SocketAddr>`.
+    let listener = AdminListener(Acceptor::new(listener, "the admin API")).tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
         tracing::error!(error = %e, "admin API stopped");
     }
+}
+
+/// The admin API's plaintext listener for axum: an [`Acceptor`], so a
+/// shortage of file descriptors is handled as on the resource ports (axum's
+/// own loop would log every failure and sleep a whole second).
+struct AdminListener(Acceptor);
+
+impl Listener for AdminListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.0.next(overloaded).await
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// What a connection refused for lack of file descriptors is sent.
+fn overloaded() -> Vec<u8> {
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 42\r\nconnection: close\r\n\r\n{\"error\":\"jitgate: too many connections\"}\n".to_vec()
 }
 
 /// Longest a client may take for its TLS handshake on the admin API.
@@ -72,17 +102,12 @@ async fn serve_tls(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let tls = Arc::new(tls);
+    let mut acceptor = Acceptor::new(listener, "the admin API");
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin API accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            // No plaintext answer fits a TLS listener: refused is closed.
+            a = acceptor.next(Vec::new) => a,
         };
         let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {

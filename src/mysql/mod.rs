@@ -114,6 +114,9 @@ pub mod codes {
     pub const UNKNOWN_ERROR: (u16, &str) = (1105, "HY000");
     /// CR_CONN_HOST_ERROR: the backend cannot be reached.
     pub const CONN_HOST_ERROR: (u16, &str) = (2003, "HY000");
+    /// CR_SERVER_LOST: the backend failed mid-session (reset, protocol
+    /// violation); client libraries treat it as a lost connection.
+    pub const SERVER_LOST: (u16, &str) = (2013, "HY000");
     /// ER_SECURE_TRANSPORT_REQUIRED: plaintext on a resource with
     /// `require = true`.
     pub const SECURE_TRANSPORT_REQUIRED: (u16, &str) = (3159, "HY000");

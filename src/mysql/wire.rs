@@ -24,7 +24,8 @@
 //!   (a command pipelined before the OK would otherwise slip through).
 //! - The final ERR ([`Wire::farewell`]) carries the sequence id the client
 //!   expects ([`Conversation`]), error 1927 / SQLSTATE 70100 (1045 / 28000
-//!   for a refused login) and the reason in the text.
+//!   for a refused login, 2013 / HY000 when the backend failed) and the
+//!   reason in the text.
 //! - On an enforced end, `KILL CONNECTION` on a side connection stops what
 //!   the backend thread was running ([`super::kill`]); on any other end
 //!   (the client went away, a protocol error) too, when a command was still
@@ -245,6 +246,7 @@ impl Wire for MyWire {
         .to_string();
         let (code, state) = match reason {
             EndReason::LoginDenied { .. } => codes::ACCESS_DENIED,
+            EndReason::Backend => codes::SERVER_LOST,
             _ => codes::CONNECTION_KILLED,
         };
         let mut payload = Vec::with_capacity(text.len() + 9);

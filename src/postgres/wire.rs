@@ -168,11 +168,17 @@ impl Wire for PgWire {
             }
             _ => None,
         };
+        // 08006 connection_failure when the backend failed; 57P01
+        // admin_shutdown when jitgate ended access.
+        let code = match reason {
+            EndReason::Backend => "08006",
+            _ => "57P01",
+        };
         let mut out = BytesMut::new();
         pg::encode_error_response(
             &pg::ErrorFields {
                 severity: "FATAL",
-                code: "57P01",
+                code,
                 message: &text,
                 detail: None,
                 hint: hint.as_deref(),

@@ -7,12 +7,15 @@
 //! `JITGATE_TEST_MYSQL_ADDR` (default `127.0.0.1:3306`, `root` with an empty
 //! password, database `test`). The MySQL helpers live in [`mysql`]. SSH and
 //! TCP tests set `Opts.protocol` and a backend of their own: a real `sshd`
-//! ([`sshd`]) or small in-process servers ([`net`]).
+//! ([`sshd`]) or small in-process servers ([`net`]). [`process`] runs the
+//! real binary as a child process.
 #![allow(dead_code)]
 
 pub mod mysql;
 pub mod net;
+pub mod pgraw;
 pub mod pki;
+pub mod process;
 pub mod sshd;
 
 use std::future::Future;

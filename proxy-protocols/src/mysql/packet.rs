@@ -263,6 +263,31 @@ mod tests {
         }
 
         #[test]
+        fn a_packet_stream_cut_anywhere_decodes_to_the_same_packets(
+            packets in prop::collection::vec((any::<u8>(), prop::collection::vec(any::<u8>(), 0..100)), 1..10),
+            cuts in prop::collection::vec(1usize..30, 1..20),
+        ) {
+            let mut stream = BytesMut::new();
+            for (seq, payload) in &packets {
+                encode_packet(*seq, payload, &mut stream);
+            }
+            let (mut buf, mut got, mut at) = (BytesMut::new(), Vec::new(), 0);
+            for n in cuts.iter().cycle() {
+                if at >= stream.len() {
+                    break;
+                }
+                let end = (at + n).min(stream.len());
+                buf.extend_from_slice(&stream[at..end]);
+                at = end;
+                while let Some(p) = decode_packet(&mut buf, 1 << 20).unwrap() {
+                    got.push((p.seq, p.payload.to_vec()));
+                }
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(got, packets);
+        }
+
+        #[test]
         fn encode_then_decode_round_trips(seq: u8, payload in prop::collection::vec(any::<u8>(), 0..300)) {
             let mut out = BytesMut::new();
             encode_packet(seq, &payload, &mut out);
