@@ -161,7 +161,10 @@ if [ -n "${SCALE_RESULT:-}" ]; then
     cp "$SCALE_RESULT" "$scale_json"
 elif [ -f benches/scale.rs ]; then
     bench_log "running cargo bench --bench scale$([ "$SMOKE" = 1 ] && echo " (SCALE_SMOKE=1)")"
-    if ! SCALE_JSON=$scale_json SCALE_SMOKE=$SMOKE nice -n 5 cargo bench --quiet --bench scale >&2; then
+    # SCALE_SMOKE is set only for a smoke run (unset, not "0", otherwise).
+    smoke_env=()
+    [ "$SMOKE" = 1 ] && smoke_env=(SCALE_SMOKE=1)
+    if ! env SCALE_JSON="$scale_json" "${smoke_env[@]}" nice -n 5 cargo bench --quiet --bench scale >&2; then
         scale_note="cargo bench --bench scale failed"
         rm -f "$scale_json"
         bench_log "$scale_note"
