@@ -10,7 +10,8 @@
 # an empty password) and mysqlslap (mariadb-client). Writes JSON to
 # target/bench-results/mysqlslap-<timestamp>.json.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 MYHOST=${MYHOST:-127.0.0.1}
 MYPORT=${MYPORT:-3306}
@@ -20,87 +21,26 @@ ROWS=${ROWS:-10000}
 DB=jitgate_bench
 JG_PORT=16033
 HA_PORT=16034
-ADMIN_PORT=18033
-ADMIN=127.0.0.1:$ADMIN_PORT
-TOKEN=bench-admin-token
+ADMIN=127.0.0.1:18033
 
-for port in "$JG_PORT" "$HA_PORT" "$ADMIN_PORT"; do
-    if ss -ltn | grep -q "127.0.0.1:$port "; then
-        echo "port $port is in use; stop what listens there first" >&2
-        exit 1
-    fi
-done
-cargo build --release --quiet
+bench_init
+bench_ports_free "$JG_PORT" "$HA_PORT" "${ADMIN##*:}"
+bench_build --bin jitgate
+my_bench_db "$MYHOST" "$MYPORT" "$DB" "$ROWS"
 
-work=$(mktemp -d)
-cleanup() {
-    [ -n "${jg_pid:-}" ] && kill "$jg_pid" 2>/dev/null || true
-    [ -n "${ha_pid:-}" ] && kill "$ha_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-direct_sql() { mysql --protocol=TCP -h "$MYHOST" -P "$MYPORT" -u root "$@"; }
-direct_sql -e "CREATE DATABASE IF NOT EXISTS $DB"
-direct_sql "$DB" -e "CREATE TABLE IF NOT EXISTS t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB"
-if [ "$(direct_sql -N "$DB" -e 'SELECT COUNT(*) FROM t')" != "$ROWS" ]; then
-    direct_sql "$DB" -e "TRUNCATE t; INSERT INTO t SELECT seq, REPEAT(CHAR(97 + seq % 26), 100) FROM seq_1_to_$ROWS"
-fi
-
-hash=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
-cat >"$work/jitgate.toml" <<TOML
-[gateway]
-state_dir = "$work/data"
-admin_listen = "$ADMIN"
-expiry_warnings = []
-
-[[resource]]
-name = "bench-maria"
-protocol = "mysql"
-listen = "127.0.0.1:$JG_PORT"
-backend = "$MYHOST:$MYPORT"
-idle_timeout = "0s"
-
-[[user]]
-name = "admin"
-token_sha256 = "$hash"
-roles = ["admin"]
-logins = ["root"]
-TOML
-RUST_LOG=warn ./target/release/jitgate serve --config "$work/jitgate.toml" 2>"$work/jitgate.log" &
-jg_pid=$!
+jitgate_config "$ADMIN"
+jitgate_resource bench-maria mysql "127.0.0.1:$JG_PORT" "$MYHOST:$MYPORT"
+jitgate_admin_user root
+jitgate_start
+bench_wait_port "$JG_PORT"
+jitgate_grant bench-maria --login root
 
 subjects="direct jitgate"
 if command -v haproxy >/dev/null 2>&1; then
-    cat >"$work/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-listen maria
-    bind 127.0.0.1:$HA_PORT
-    server maria $MYHOST:$MYPORT
-CFG
-    haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-    ha_pid=$!
+    haproxy_listen maria "127.0.0.1:$HA_PORT" "$MYHOST:$MYPORT"
+    haproxy_start
     subjects="direct jitgate haproxy"
 fi
-
-for _ in $(seq 1 50); do
-    curl -sf "http://$ADMIN/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-if ! kill -0 "$jg_pid" 2>/dev/null; then
-    echo "jitgate did not start:" >&2
-    cat "$work/jitgate.log" >&2
-    exit 1
-fi
-JITGATE_ADMIN_URL="http://$ADMIN" JITGATE_TOKEN=$TOKEN ./target/release/jitgate grant admin bench-maria \
-    --for 2h --login root --reason "benchmark" >/dev/null
 
 port_of() {
     case $1 in direct) echo "$MYPORT" ;; jitgate) echo "$JG_PORT" ;; haproxy) echo "$HA_PORT" ;; esac
@@ -117,7 +57,7 @@ workloads=(
     "connect-8c|8|--detach=1|SELECT 1"
 )
 
-results="$work/results.tsv"
+results="$BENCH_WORK/results.tsv"
 : >"$results"
 for round in $(seq 1 "$ROUNDS"); do
     for w in "${workloads[@]}"; do
@@ -125,13 +65,10 @@ for round in $(seq 1 "$ROUNDS"); do
         queries=$QUERIES
         # A new connection per query is far slower: fewer of them.
         [ "$extra" = "--detach=1" ] && queries=$((QUERIES / 4))
-        # Alternate the order each round so drift on a shared machine does
-        # not always favour the same subject.
-        order=$subjects
-        [ $((round % 2)) -eq 0 ] && order=$(echo "$subjects" | tr ' ' '\n' | tac | tr '\n' ' ')
-        for subject in $order; do
+        # shellcheck disable=SC2086
+        for subject in $(bench_order "$round" $subjects); do
             # shellcheck disable=SC2086
-            out=$(mysqlslap --protocol=TCP -h 127.0.0.1 -P "$(port_of "$subject")" -u root \
+            out=$(mysqlslap --protocol=TCP --skip-ssl -h 127.0.0.1 -P "$(port_of "$subject")" -u root \
                 --create-schema="$DB" --concurrency="$conc" --iterations=1 \
                 --number-of-queries="$queries" $extra --query="$query" 2>&1)
             secs=$(echo "$out" | sed -n 's/.*Average number of seconds to run all queries: \([0-9.]*\) seconds.*/\1/p' | head -n1)
@@ -143,7 +80,6 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-mkdir -p target/bench-results
 out_json="target/bench-results/mysqlslap-$(date -u +%Y%m%dT%H%M%SZ).json"
 python3 - "$results" "$out_json" "$QUERIES" "$ROUNDS" <<'PY'
 import json, sys, statistics

@@ -13,7 +13,8 @@
 # trust auth) and pgbench; installs haproxy with apt-get when missing. Writes
 # JSON to target/bench-results/pgbench-<timestamp>.json.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 PGHOST=${PGHOST:-127.0.0.1}
 PGPORT=${PGPORT:-5432}
@@ -25,101 +26,51 @@ DB=jitgate_bench
 JG_PORT=16432
 HA_PORT=16433
 ADMIN=127.0.0.1:18080
-TOKEN=bench-admin-token
 
-if ! command -v haproxy >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
-fi
-cargo build --release --quiet
+bench_init
+bench_ports_free "$JG_PORT" "$HA_PORT" "${ADMIN##*:}"
+bench_need_haproxy
+bench_build --bin jitgate
 
-work=$(mktemp -d)
-cleanup() {
-    [ -n "${jg_pid:-}" ] && kill "$jg_pid" 2>/dev/null || true
-    [ -n "${ha_pid:-}" ] && kill "$ha_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-psql -h "$PGHOST" -p "$PGPORT" -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname='$DB'" | grep -q 1 \
-    || psql -h "$PGHOST" -p "$PGPORT" -U postgres -d postgres -qc "CREATE DATABASE $DB"
-pgbench -h "$PGHOST" -p "$PGPORT" -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
-
-hash=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
+# PostgreSQL may have ssl = on, and libpq's default (sslmode=prefer) would
+# then use TLS wherever it is offered: pin the mode for every subject.
 tls_toml=""
 if [ "$TLS" = "1" ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
         -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-        -keyout "$work/tls.key" -out "$work/tls.crt" >/dev/null 2>&1
+        -keyout "$BENCH_WORK/tls.key" -out "$BENCH_WORK/tls.crt" >/dev/null 2>&1
     tls_toml="[resource.tls]
-cert = \"$work/tls.crt\"
-key = \"$work/tls.key\"
+cert = \"$BENCH_WORK/tls.crt\"
+key = \"$BENCH_WORK/tls.key\"
 [resource.backend_tls]
 mode = \"require\""
     export PGSSLMODE=require
 else
     export PGSSLMODE=disable
 fi
-cat >"$work/jitgate.toml" <<TOML
-[gateway]
-state_dir = "$work/data"
-admin_listen = "$ADMIN"
-expiry_warnings = []
+pg_bench_db "$PGHOST" "$PGPORT" "$DB" "$SCALE"
 
-[[resource]]
-name = "bench-pg"
-protocol = "postgres"
-listen = "127.0.0.1:$JG_PORT"
-backend = "$PGHOST:$PGPORT"
-idle_timeout = "0s"
-$tls_toml
-
-[[user]]
-name = "admin"
-token_sha256 = "$hash"
-roles = ["admin"]
-logins = ["postgres"]
-TOML
-RUST_LOG=warn ./target/release/jitgate serve --config "$work/jitgate.toml" 2>"$work/jitgate.log" &
-jg_pid=$!
-
-cat >"$work/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-listen pg
-    bind 127.0.0.1:$HA_PORT
-    server pg $PGHOST:$PGPORT
-CFG
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-ha_pid=$!
-
-for _ in $(seq 1 50); do
-    curl -sf "http://$ADMIN/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-JITGATE_ADMIN_URL="http://$ADMIN" JITGATE_TOKEN=$TOKEN ./target/release/jitgate grant admin bench-pg \
-    --for 2h --login postgres --reason "benchmark" >/dev/null
+jitgate_config "$ADMIN"
+jitgate_resource bench-pg postgres "127.0.0.1:$JG_PORT" "$PGHOST:$PGPORT" "$tls_toml"
+jitgate_admin_user postgres
+jitgate_start
+bench_wait_port "$JG_PORT"
+jitgate_grant bench-pg --login postgres
+haproxy_listen pg "127.0.0.1:$HA_PORT" "$PGHOST:$PGPORT"
+haproxy_start
 
 port_of() {
     case $1 in direct) echo "$PGPORT" ;; jitgate) echo "$JG_PORT" ;; haproxy) echo "$HA_PORT" ;; esac
 }
 
-results="$work/results.tsv"
+results="$BENCH_WORK/results.tsv"
 : >"$results"
 workloads=("select-1c|-S -c 1 -j 1" "select-8c|-S -c 8 -j 2" "connect-8c|-S -C -c 8 -j 2")
 for round in $(seq 1 "$ROUNDS"); do
     for w in "${workloads[@]}"; do
         name=${w%%|*}
         args=${w#*|}
-        # Alternate the order each round so drift on a shared machine
-        # does not always favour the same subject.
-        if [ $((round % 2)) -eq 1 ]; then order="direct jitgate haproxy"; else order="haproxy jitgate direct"; fi
-        for subject in $order; do
+        for subject in $(bench_order "$round" direct jitgate haproxy); do
             # shellcheck disable=SC2086
             out=$(pgbench -h 127.0.0.1 -p "$(port_of "$subject")" -U postgres -n -T "$DURATION" $args "$DB" 2>&1)
             tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)
@@ -130,7 +81,6 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-mkdir -p target/bench-results
 out_json="target/bench-results/pgbench$([ "$TLS" = 1 ] && echo -tls)-$(date -u +%Y%m%dT%H%M%SZ).json"
 python3 - "$results" "$out_json" "$DURATION" "$ROUNDS" "$TLS" <<'PY'
 import json, sys, statistics

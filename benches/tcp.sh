@@ -14,7 +14,8 @@
 # haproxy with apt-get when missing. Writes JSON to
 # target/bench-results/tcp-<timestamp>.json.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-2}
@@ -23,87 +24,41 @@ BACKEND_PORT=17000
 JG_PORT=17001
 HA_PORT=17002
 ADMIN=127.0.0.1:18081
-TOKEN=bench-admin-token
+BENCH_RELAY_BUFFER=$RELAY_BUFFER
 
-if ! command -v haproxy >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
-fi
-cargo build --release --quiet --bin jitgate --example tcp_bulk
+bench_init
+bench_ports_free "$BACKEND_PORT" "$JG_PORT" "$HA_PORT" "${ADMIN##*:}"
+bench_need_haproxy
+bench_build --bin jitgate --example tcp_bulk
 bulk=./target/release/examples/tcp_bulk
 
-work=$(mktemp -d)
-cleanup() {
-    for p in "${jg_pid:-}" "${ha_pid:-}" "${be_pid:-}"; do
-        [ -n "$p" ] && kill "$p" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
 "$bulk" serve "127.0.0.1:$BACKEND_PORT" &
-be_pid=$!
+BENCH_PIDS+=($!)
+bench_wait_port "$BACKEND_PORT"
 
-hash=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
-cat >"$work/jitgate.toml" <<TOML
-[gateway]
-state_dir = "$work/data"
-admin_listen = "$ADMIN"
-relay_buffer_size = $RELAY_BUFFER
-
-[[resource]]
-name = "bench-tcp"
-protocol = "tcp"
-listen = "127.0.0.1:$JG_PORT"
-backend = "127.0.0.1:$BACKEND_PORT"
-idle_timeout = "0s"
-
-[[user]]
-name = "admin"
-token_sha256 = "$hash"
-roles = ["admin"]
-TOML
-RUST_LOG=warn ./target/release/jitgate serve --config "$work/jitgate.toml" 2>"$work/jitgate.log" &
-jg_pid=$!
-
-cat >"$work/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-listen bulk
-    bind 127.0.0.1:$HA_PORT
-    server be 127.0.0.1:$BACKEND_PORT
-CFG
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-ha_pid=$!
-
-for _ in $(seq 1 50); do
-    curl -sf "http://$ADMIN/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-JITGATE_ADMIN_URL="http://$ADMIN" JITGATE_TOKEN=$TOKEN ./target/release/jitgate grant admin bench-tcp \
-    --for 2h --source 127.0.0.1/32 --reason "benchmark" >/dev/null
+jitgate_config "$ADMIN"
+jitgate_resource bench-tcp tcp "127.0.0.1:$JG_PORT" "127.0.0.1:$BACKEND_PORT"
+# shellcheck disable=SC2119 # a tcp resource admits by source address: no logins
+jitgate_admin_user
+jitgate_start
+bench_wait_port "$JG_PORT"
+jitgate_grant bench-tcp --source 127.0.0.1/32
+haproxy_listen bulk "127.0.0.1:$HA_PORT" "127.0.0.1:$BACKEND_PORT"
+haproxy_start
 
 port_of() {
     case $1 in direct) echo "$BACKEND_PORT" ;; jitgate) echo "$JG_PORT" ;; haproxy) echo "$HA_PORT" ;; esac
 }
 
 echo "jitgate relay_buffer_size=$RELAY_BUFFER, haproxy tune.bufsize=16384 (its default); ${DURATION}s per run, $ROUNDS rounds" >&2
-results="$work/results.tsv"
+results="$BENCH_WORK/results.tsv"
 : >"$results"
 workloads=("up-1|up 1" "down-1|down 1" "up-8|up 8" "down-8|down 8")
 for round in $(seq 1 "$ROUNDS"); do
     for w in "${workloads[@]}"; do
         name=${w%%|*}
         read -r mode streams <<<"${w#*|}"
-        # Alternate the order each round so drift on a shared machine
-        # does not always favour the same subject.
-        if [ $((round % 2)) -eq 1 ]; then order="direct jitgate haproxy"; else order="haproxy jitgate direct"; fi
-        for subject in $order; do
+        for subject in $(bench_order "$round" direct jitgate haproxy); do
             out=$("$bulk" run "127.0.0.1:$(port_of "$subject")" "$mode" "$streams" "$DURATION")
             mbs=$(echo "$out" | sed -n 's/.*"mb_per_s":\([0-9.]*\).*/\1/p')
             printf '%s\t%s\t%s\t%s\n' "$round" "$name" "$subject" "${mbs:-0}" >>"$results"
@@ -112,7 +67,6 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-mkdir -p target/bench-results
 out_json="target/bench-results/tcp-$(date -u +%Y%m%dT%H%M%SZ).json"
 python3 - "$results" "$out_json" "$DURATION" "$ROUNDS" "$RELAY_BUFFER" <<'PY'
 import json, sys, statistics
