@@ -193,8 +193,10 @@ pub struct RelayParams {
 struct Down {
     /// Empty while idle on a plaintext leg (see [`read_lazy`]).
     buf: Vec<u8>,
-    /// The size `buf` has when held.
+    /// The size `buf` has when next taken (see [`read_lazy`]).
     size: usize,
+    /// `relay_buffer_size`: what `size` returns to when idle.
+    base: usize,
     len: usize,
     pos: usize,
     b: Boundaries,
@@ -264,8 +266,10 @@ impl Down {
 struct Up {
     /// Empty while idle on a plaintext leg (see [`read_lazy`]).
     buf: Vec<u8>,
-    /// The size `buf` has when held.
+    /// The size `buf` has when next taken (see [`read_lazy`]).
     size: usize,
+    /// `relay_buffer_size`: what `size` returns to when idle.
+    base: usize,
     len: usize,
     pos: usize,
     /// Bytes in `buf[..len]` the wire has not passed yet.
@@ -338,7 +342,7 @@ async fn up_step<W: Wire>(
         // The wire held a message larger than the buffer.
         return Step::End(EndReason::Error);
     }
-    let n = match read_lazy(client, &mut up.buf, up.len, up.size).await {
+    let n = match read_lazy(client, &mut up.buf, up.len, &mut up.size, up.base).await {
         Ok(0) => return Step::ClientEof,
         Err(_) => return Step::ClientGone,
         Ok(n) => n,
@@ -455,7 +459,15 @@ async fn down_step<W: Wire>(
             st.hs_in = BytesMut::new();
             st.hs_out = BytesMut::new();
         }
-        match read_lazy(backend, &mut st.down.buf, 0, st.down.size).await {
+        match read_lazy(
+            backend,
+            &mut st.down.buf,
+            0,
+            &mut st.down.size,
+            st.down.base,
+        )
+        .await
+        {
             Ok(0) => return Step::BackendEof,
             Err(_) => return Step::BackendGone,
             Ok(n) => {
@@ -493,33 +505,55 @@ async fn down_step<W: Wire>(
     }
 }
 
-/// Read into `buf[at..]`, taking `buf` (of `size` bytes) from the pool if
-/// it is empty. On a plaintext leg with nothing held (`at == 0`), a read
-/// that would block hands the buffer back before waiting: tokio's read does
-/// no system call while the socket is known not to be readable, so an idle
-/// session costs a pool round trip per wake-up and holds no buffer.
+/// Largest a relay buffer grows to while a direction streams (unless
+/// `relay_buffer_size` is larger still).
+pub const GROWN_MAX: usize = 64 * 1024;
+
+/// Read into `buf[at..]`, taking `buf` from the pool if it is empty.
+///
+/// Idle: on a plaintext leg with nothing held (`at == 0`), a read that would
+/// block hands the buffer back before waiting (tokio's read does no system
+/// call while the socket is known not to be readable), so an idle session
+/// holds no buffer, and `size` returns to `base`.
+///
+/// Streaming: a read that fills the whole buffer means more was waiting, so
+/// the next buffer is twice as large, up to [`GROWN_MAX`]: bulk transfers
+/// take fewer, larger reads (and fewer trips through epoll) while
+/// request/response traffic keeps small buffers. The larger buffer is
+/// taken once the current one has been written out.
+///
 /// Cancel-safe: `buf` is either empty or a whole buffer at every await.
 async fn read_lazy(
     r: &mut ConnRead<'_>,
     buf: &mut Vec<u8>,
     at: usize,
-    size: usize,
+    size: &mut usize,
+    base: usize,
 ) -> std::io::Result<usize> {
     let lazy = at == 0 && r.is_plain();
     std::future::poll_fn(|cx| {
-        if buf.is_empty() {
-            *buf = bufpool::take(size);
+        if buf.is_empty() || (at == 0 && buf.len() < *size) {
+            bufpool::give(std::mem::take(buf));
+            *buf = bufpool::take(*size);
         }
         let Some(space) = buf.get_mut(at..) else {
             return Poll::Ready(Err(std::io::ErrorKind::InvalidInput.into()));
         };
+        let room = space.len();
         let mut rb = ReadBuf::new(space);
         match Pin::new(&mut *r).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if at == 0 && n == room {
+                    *size = (*size * 2).min(GROWN_MAX.max(base));
+                }
+                Poll::Ready(Ok(n))
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 if lazy {
                     bufpool::give(std::mem::take(buf));
+                    *size = base;
                 }
                 Poll::Pending
             }
@@ -550,6 +584,7 @@ pub async fn run<W: Wire>(
     let mut up = Up {
         buf: Vec::new(),
         size: p.buffer_size,
+        base: p.buffer_size,
         len: 0,
         pos: 0,
         held: false,
@@ -559,6 +594,7 @@ pub async fn run<W: Wire>(
         down: Down {
             buf: Vec::new(),
             size: p.buffer_size,
+            base: p.buffer_size,
             len: 0,
             pos: 0,
             b: Boundaries::default(),
