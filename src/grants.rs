@@ -3,8 +3,10 @@
 //! Invariants:
 //! - Admission never scans the whole table: a login (postgres, mysql) is an
 //!   O(1) lookup by `(resource, login)` through `index`; a source address
-//!   (ssh, tcp) looks only at that resource's source-bound grants (those
-//!   without logins) through `by_source`.
+//!   (ssh, tcp) is looked up in O(1) among host grants (a /32 or /128
+//!   source) through `by_host`, and among that resource's grants for wider
+//!   networks through `by_source`, so ten thousand one-address grants on a
+//!   resource cost no more per connection than one.
 //! - A grant with `sources` admits only peers inside one of them; a
 //!   source-bound grant with no sources admits no one (fail closed).
 //! - A grant in the table is *live* until its deadline, its revocation, or
@@ -203,14 +205,36 @@ impl Grant {
 
 type IndexKey = (String, String);
 
+/// Where a source-bound grant is indexed: the single addresses among its
+/// sources (for `by_host`), and whether it has a wider network (for
+/// `by_source`).
+fn source_keys(grant: &Grant) -> (Vec<IpAddr>, bool) {
+    let mut hosts = Vec::new();
+    let mut wide = false;
+    for n in &grant.sources {
+        if n.prefix_len() == n.max_prefix_len() {
+            hosts.push(n.addr());
+        } else {
+            wide = true;
+        }
+    }
+    hosts.sort_unstable();
+    hosts.dedup();
+    (hosts, wide)
+}
+
 /// The in-memory grant table.
 #[derive(Debug)]
 pub struct GrantTable {
     by_id: DashMap<GrantId, Arc<Grant>>,
     /// `(resource, login)` → grants that admit that login.
     index: DashMap<IndexKey, Vec<Arc<Grant>>>,
-    /// resource → its source-bound grants (no logins; ssh/tcp).
+    /// resource → its source-bound grants (no logins; ssh/tcp) with a
+    /// source wider than one address.
     by_source: DashMap<String, Vec<Arc<Grant>>>,
+    /// `(resource, address)` → source-bound grants with that one address
+    /// (a /32 or /128) among their sources.
+    by_host: DashMap<(String, IpAddr), Vec<Arc<Grant>>>,
     /// Deadlines, for the expiry task.
     deadlines: Mutex<BTreeSet<(SystemTime, GrantId)>>,
     wake: Notify,
@@ -224,6 +248,7 @@ impl GrantTable {
             by_id: DashMap::new(),
             index: DashMap::new(),
             by_source: DashMap::new(),
+            by_host: DashMap::new(),
             deadlines: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
             root,
@@ -282,10 +307,19 @@ impl GrantTable {
                 .push(grant.clone());
         }
         if grant.is_source_bound() {
-            self.by_source
-                .entry(grant.resource.clone())
-                .or_default()
-                .push(grant.clone());
+            let (hosts, wide) = source_keys(&grant);
+            for ip in hosts {
+                self.by_host
+                    .entry((grant.resource.clone(), ip))
+                    .or_default()
+                    .push(grant.clone());
+            }
+            if wide {
+                self.by_source
+                    .entry(grant.resource.clone())
+                    .or_default()
+                    .push(grant.clone());
+            }
         }
         self.by_id.insert(grant.id, grant.clone());
         self.schedule(rec.expires_at, grant.id);
@@ -321,13 +355,26 @@ impl GrantTable {
     /// `from`; the one that lasts longest when several do.
     pub fn find_source(&self, resource: &str, from: IpAddr) -> Option<Arc<Grant>> {
         let now = SystemTime::now();
-        // The guard is dropped at the end of this expression.
-        self.by_source
-            .get(resource)?
-            .iter()
-            .filter(|g| g.is_live(now) && !g.sources.is_empty() && g.admits_from(from))
-            .max_by_key(|g| g.expires_at())
-            .cloned()
+        let pick = |gs: &[Arc<Grant>]| {
+            gs.iter()
+                .filter(|g| g.is_live(now) && !g.sources.is_empty() && g.admits_from(from))
+                .max_by_key(|g| g.expires_at())
+                .cloned()
+        };
+        // Each guard is dropped at the end of its statement.
+        let host = self
+            .by_host
+            .get(&(resource.to_string(), from))
+            .and_then(|gs| pick(&gs));
+        let wide = self.by_source.get(resource).and_then(|gs| pick(&gs));
+        match (host, wide) {
+            (Some(h), Some(w)) => Some(if w.expires_at() > h.expires_at() {
+                w
+            } else {
+                h
+            }),
+            (h, w) => h.or(w),
+        }
     }
 
     /// A grant by id.
@@ -399,10 +446,20 @@ impl GrantTable {
             });
         }
         if grant.is_source_bound() {
-            self.by_source.remove_if_mut(&grant.resource, |_, v| {
-                v.retain(|g| g.id != grant.id);
-                v.is_empty()
-            });
+            let (hosts, wide) = source_keys(&grant);
+            for ip in hosts {
+                self.by_host
+                    .remove_if_mut(&(grant.resource.clone(), ip), |_, v| {
+                        v.retain(|g| g.id != grant.id);
+                        v.is_empty()
+                    });
+            }
+            if wide {
+                self.by_source.remove_if_mut(&grant.resource, |_, v| {
+                    v.retain(|g| g.id != grant.id);
+                    v.is_empty()
+                });
+            }
         }
         self.deadlines
             .lock()
@@ -560,6 +617,38 @@ mod tests {
         );
         assert_eq!(t.find_source("tcp", LOCAL).map(|g| g.id), Some(other.id));
         assert!(t.find_login("ssh", "unused", LOCAL).is_none());
+    }
+
+    #[test]
+    fn host_and_network_sources_are_both_found_and_the_longest_wins() {
+        let t = GrantTable::new(CancellationToken::new());
+        // Many one-address grants, as one per client.
+        let hosts: Vec<_> = (1..=200u8)
+            .map(|i| t.insert(source_grant("ssh", &[&format!("10.0.0.{i}/32")], 60)))
+            .collect();
+        let wide = t.insert(source_grant("ssh", &["10.0.0.0/24"], 30));
+        let mixed = t.insert(source_grant("ssh", &["10.9.0.7/32", "10.8.0.0/16"], 90));
+        let find = |a: &str| t.find_source("ssh", ip(a)).map(|g| g.id);
+        // The host grant outlives the /24: it is the one chosen.
+        assert_eq!(find("10.0.0.7"), Some(hosts[6].id));
+        // Only the /24 covers .250 (and .0).
+        assert_eq!(find("10.0.0.250"), Some(wide.id));
+        // One grant reached through its host entry and its network entry.
+        assert_eq!(find("10.9.0.7"), Some(mixed.id));
+        assert_eq!(find("10.8.3.4"), Some(mixed.id));
+        assert_eq!(find("10.9.0.8"), None);
+        assert!(t.find_source("tcp", ip("10.0.0.7")).is_none());
+        // A longer /24 grant wins over the host grant.
+        let longer = t.insert(source_grant("ssh", &["10.0.0.0/24"], 120));
+        assert_eq!(find("10.0.0.7"), Some(longer.id));
+        // Removal unindexes both kinds.
+        t.remove(&longer.id, EndReason::Client);
+        t.remove(&hosts[6].id, EndReason::Client);
+        assert_eq!(find("10.0.0.7"), Some(wide.id));
+        t.remove(&mixed.id, EndReason::Client);
+        assert_eq!(find("10.9.0.7"), None);
+        assert_eq!(find("10.8.3.4"), None);
+        assert!(!t.by_host.contains_key(&("ssh".to_string(), ip("10.9.0.7"))));
     }
 
     #[test]
