@@ -303,7 +303,7 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
             return Err(err);
         }
         if moved {
-            match TcpListener::bind(r.listen()).await {
+            match crate::server::listen(r.listen()) {
                 Ok(l) => bound.push((r.clone(), l)),
                 Err(source) => {
                     let err = ReloadError::Bind {

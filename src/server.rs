@@ -87,13 +87,31 @@ impl Running {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr,
-            what: what.to_string(),
-            source,
-        })
+    listen(addr).map_err(|source| StartError::Bind {
+        addr,
+        what: what.to_string(),
+        source,
+    })
+}
+
+/// Connections the kernel may queue before jitgate accepts them (capped
+/// by `net.core.somaxconn`). The standard library's 128 overflows when
+/// thousands of clients connect at once (a reconnect storm after a
+/// restart), and an overflowing queue drops SYNs, which clients retry only
+/// after a second.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind a listener with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as the
+/// standard library sets it on Unix, so a restart can bind again at once).
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Bind everything and start serving.
