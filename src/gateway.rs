@@ -79,7 +79,7 @@ pub struct Gateway {
     /// Audit log.
     pub audit: AuditLog,
     /// Grant and request journal.
-    pub journal: Journal,
+    pub journal: Arc<Journal>,
     /// Connection limits and the admin-API failed-token limit.
     pub limits: crate::limits::Limits,
     /// Per-resource listeners (started, stopped and rebound by reloads).
@@ -123,7 +123,7 @@ impl Gateway {
             grants: Arc::new(GrantTable::new(shutdown.clone())),
             sessions: Arc::new(SessionRegistry::new()),
             audit,
-            journal,
+            journal: Arc::new(journal),
             listeners: Default::default(),
             limits,
             cancel_keys: Arc::new(CancelKeys::new()),
@@ -296,27 +296,54 @@ impl Gateway {
         e.actor = Some(by.to_string());
         e.reason = Some(reason.to_string());
         // Removing access never waits on storage: an outage (a full disk,
-        // perhaps filled on purpose) must not keep anyone connected.
-        self.record_removal(e, id);
+        // perhaps filled on purpose) must not keep anyone connected. The
+        // audit record is written first (the kernel has it: no fsync), the
+        // sessions are cut, and only then is the journal synced, off the
+        // async workers; the API answers after all of it.
+        if let Err(err) = self.audit.write(e) {
+            tracing::error!(grant = %id, error = %err, "access removed without its audit record (audit log unavailable)");
+        }
         let reason_text = reason.to_string();
         let reason = EndReason::Revoked {
             by: by.to_string(),
             reason: reason.to_string(),
         };
+        // Listed before and after the cut: closed sessions leave the
+        // registry, and one admitted in between is cut too.
+        let mut sessions = self.sessions.on_grant(&id);
         let Some(grant) = self.grants.remove(&id, reason) else {
             // Expired or revoked between the lookup and now.
             return Err(OpError::NotFound(format!("no live grant {id}")));
         };
+        let listed: std::collections::HashSet<SessionId> = sessions.iter().map(|s| s.id).collect();
+        sessions.extend(
+            self.sessions
+                .on_grant(&grant.id)
+                .into_iter()
+                .filter(|s| !listed.contains(&s.id)),
+        );
+        self.journal_removal(id).await;
         m::grants_active(self.grants.len());
         self.notifier.send(
             "grant.revoked",
             &format!("{by} revoked {}'s access to {}: {reason_text}", grant.principal, grant.resource),
             serde_json::json!({"grant_id": grant.id, "principal": grant.principal, "resource": grant.resource, "actor": by}),
         );
-        let sessions = self.sessions.on_grant(&grant.id);
         let closed = wait_closed(&sessions, CLOSE_WAIT).await;
         tracing::info!(grant = %id, by, sessions = closed, "grant revoked");
         Ok(closed)
+    }
+
+    /// Journal the end of a grant (fsynced) on a blocking thread, logging
+    /// (not failing) when it cannot be written.
+    async fn journal_removal(&self, id: GrantId) {
+        let journal = self.journal.clone();
+        let r = tokio::task::spawn_blocking(move || journal.append(&Record::GrantEnded { id }))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(err) = r {
+            tracing::error!(grant = %id, error = %err, "grant ended in memory but not in the journal: it returns after a restart unless revoked again");
+        }
     }
 
     /// Record that access is being removed: audit and journal, logging
@@ -357,8 +384,12 @@ impl Gateway {
 
     /// Audit and count a grant that expired.
     pub fn on_grant_expired(&self, g: &Grant) {
-        // Best effort: a grant past its deadline is expired on replay anyway.
-        let _ = self.journal.append(&Record::GrantEnded { id: g.id });
+        // Best effort, not synced: a grant past its deadline is expired on
+        // replay anyway, and an fsync per grant here would hold up the
+        // expiry of every grant due at the same moment.
+        let _ = self
+            .journal
+            .append_unsynced(&Record::GrantEnded { id: g.id });
         let mut e = Event::new("grant.expired");
         e.grant_id = Some(g.id);
         e.principal = Some(g.principal.clone());
