@@ -32,6 +32,8 @@ pub enum Limit {
     HandshakeRate,
     /// Failed admin-API token checks from one address.
     AdminAuth,
+    /// Admin API connections open at once.
+    AdminConnections,
 }
 
 impl Limit {
@@ -43,6 +45,7 @@ impl Limit {
             Limit::Handshakes => "handshakes",
             Limit::HandshakeRate => "handshake_rate",
             Limit::AdminAuth => "admin_auth",
+            Limit::AdminConnections => "admin_connections",
         }
     }
 }
