@@ -606,6 +606,13 @@ async fn open_sessions(
             // Start connect i once all but OPEN_WINDOW of the earlier ones
             // have reached the backend.
             while i >= backend.accepted.load(Ordering::SeqCst) - base + OPEN_WINDOW {
+                // Refused connections never reach the backend: give up
+                // rather than wait for them forever.
+                ensure!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "only {} of {n} sessions reached the backend in 60 s (were connections refused?)",
+                    backend.accepted.load(Ordering::SeqCst) - base
+                );
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let t = Instant::now();

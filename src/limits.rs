@@ -35,6 +35,8 @@ pub enum Limit {
     /// The process (or system) had no file descriptor left for a new
     /// connection (see [`crate::accept`]).
     Fds,
+    /// Admin API connections open at once.
+    AdminConnections,
 }
 
 impl Limit {
@@ -47,6 +49,7 @@ impl Limit {
             Limit::HandshakeRate => "handshake_rate",
             Limit::AdminAuth => "admin_auth",
             Limit::Fds => "fds",
+            Limit::AdminConnections => "admin_connections",
         }
     }
 }

@@ -13,15 +13,17 @@ mod workflow_routes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::serve::{Listener, ListenerExt};
 use axum::{Json, Router};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::accept::Acceptor;
 
@@ -42,50 +44,10 @@ pub enum Surface {
     MetricsOnly,
 }
 
-/// Serve the API on `listener` until shutdown, over HTTPS when
-/// `[gateway.admin_tls]` is set.
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, surface: Surface) {
-    let stop = gw.shutdown.clone();
-    let tls_settings = gw.config().gateway.admin_tls.clone();
-    let app = router(gw, surface);
-    if let Some(settings) = tls_settings {
-        match crate::tls::ServerTls::new(settings, &[b"http/1.1"]) {
-            Ok(tls) => serve_tls(app, listener, tls, stop).await,
-            // Checked when the config was loaded; files changed since.
-            Err(e) => tracing::error!(error = %e, "admin API not started: TLS material unusable"),
-        }
-        return;
-    }
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    // The tap also gives the listener axum's `ConnectInfo<SocketAddr>`.
-    let listener = AdminListener(Acceptor::new(listener, "the admin API")).tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    });
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "admin API stopped");
-    }
-}
-
-/// The admin API's plaintext listener for axum: an [`Acceptor`], so a
-/// shortage of file descriptors is handled as on the resource ports (axum's
-/// own loop would log every failure and sleep a whole second).
-struct AdminListener(Acceptor);
-
-impl Listener for AdminListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        self.0.next(overloaded).await
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
+/// Admin connections served at once; more are closed at accept (counted as
+/// `jitgate_limited_total{limit="admin_connections"}`), so a flood on the
+/// admin port cannot take the file descriptors the resources need.
+pub const MAX_ADMIN_CONNECTIONS: usize = 512;
 
 /// What a connection refused for lack of file descriptors is sent.
 fn overloaded() -> Vec<u8> {
@@ -93,49 +55,163 @@ fn overloaded() -> Vec<u8> {
 }
 
 /// Longest a client may take for its TLS handshake on the admin API.
-const ADMIN_TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+const ADMIN_TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
-async fn serve_tls(
-    app: Router,
-    listener: TcpListener,
-    tls: crate::tls::ServerTls,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let tls = Arc::new(tls);
+/// Serve the API on `listener` until shutdown, over HTTPS when
+/// `[gateway.admin_tls]` is set.
+///
+/// Every connection is bounded: at most [`MAX_ADMIN_CONNECTIONS`] at once;
+/// a request's headers must arrive within `admin_request_timeout` (hyper's
+/// header timer, which also ends idle keep-alive connections), and its body
+/// within that long again, at most [`MAX_BODY`] bytes ([`receive`]). The
+/// handler then runs to completion: cutting one off halfway (a reload, a
+/// revoke) would leave its work half done.
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, surface: Surface) {
+    let stop = gw.shutdown.clone();
+    let tls = match gw.config().gateway.admin_tls.clone() {
+        None => None,
+        Some(settings) => match crate::tls::ServerTls::new(settings, &[b"http/1.1"]) {
+            Ok(tls) => Some(Arc::new(tls)),
+            // Checked when the config was loaded; files changed since.
+            Err(e) => {
+                tracing::error!(error = %e, "admin API not started: TLS material unusable");
+                return;
+            }
+        },
+    };
+    let app = router(gw.clone(), surface);
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let plain = tls.is_none();
     let mut acceptor = Acceptor::new(listener, "the admin API");
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            // No plaintext answer fits a TLS listener: refused is closed.
-            a = acceptor.next(Vec::new) => a,
+            // Out of file descriptors: refused as on the resource ports, with
+            // a 503 in plaintext (no plaintext answer fits a TLS listener).
+            a = acceptor.next(|| if plain { overloaded() } else { Vec::new() }) => a,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            crate::metrics::limited(crate::limits::Limit::AdminConnections.label());
+            tracing::debug!(%peer, "admin API connection refused: too many open");
+            drop(tcp);
+            continue;
+        };
+        let timeout = gw.config().gateway.admin_request_timeout.0;
         let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-            let stream = match tokio::time::timeout(ADMIN_TLS_HANDSHAKE, acceptor.accept(tcp)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "admin API TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
+            let _slot = slot;
+            let Some(tls) = tls else {
+                serve_connection(tcp, app, peer, timeout, stop).await;
+                return;
             };
-            // What axum::serve's connect info gives the plaintext listener.
-            let app = app.layer(axum::Extension(ConnectInfo(peer)));
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "admin API connection ended");
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let handshake = tokio::time::timeout(ADMIN_TLS_HANDSHAKE, acceptor.accept(tcp));
+            let stream = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "admin API TLS handshake failed");
+                        return;
                     }
-                }
-            }
+                    Err(_) => return,
+                },
+            };
+            serve_connection(stream, app, peer, timeout, stop).await;
         });
     }
+}
+
+/// Serve HTTP/1.1 on one connection until the client closes it, a timeout
+/// ends it or the gateway stops (requests in flight are finished first,
+/// for at most `timeout`).
+async fn serve_connection<S>(
+    io: S,
+    app: Router,
+    peer: SocketAddr,
+    timeout: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(receive(app, req, peer, timeout).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(timeout, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "admin API connection ended");
+    }
+}
+
+/// Read the whole body (within `timeout`, at most [`MAX_BODY`] bytes),
+/// then hand the request to the router with the peer's address as
+/// [`ConnectInfo`]. A body too slow gets 408, one too large 413, one that
+/// breaks off 400; each closes the connection.
+async fn receive(
+    app: Router,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_BODY));
+    let body = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return closing(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_BODY} bytes"),
+            ))
+        }
+        Ok(Err(e)) => {
+            return closing(ApiError::bad_request(format!(
+                "request body could not be read: {e}"
+            )))
+        }
+        Err(_) => {
+            return closing(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {}",
+                    crate::config::HumanDuration(timeout)
+                ),
+            ))
+        }
+    };
+    parts.extensions.insert(ConnectInfo(peer));
+    let req = Request::from_parts(parts, axum::body::Body::from(body));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    match hyper::service::Service::call(&service, req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// `e` as a response that closes the connection (what is left of the
+/// request on it was not read).
+fn closing(e: ApiError) -> Response {
+    let mut response = e.into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// The router, for embedding and tests.

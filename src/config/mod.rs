@@ -109,6 +109,11 @@ pub struct GatewayConfig {
     pub watch_interval: HumanDuration,
     /// `[gateway.admin_tls]`: serve the admin API over HTTPS. Default: none.
     pub admin_tls: Option<TlsConfig>,
+    /// An admin API client must send a request's headers within this long
+    /// (also the longest an idle keep-alive connection is held), and then its
+    /// body within this long again; otherwise 408 and the connection is
+    /// closed. Applies to connections accepted after a reload. Default `10s`.
+    pub admin_request_timeout: HumanDuration,
 }
 
 impl Default for GatewayConfig {
@@ -135,6 +140,7 @@ impl Default for GatewayConfig {
             shutdown_timeout: HumanDuration(Duration::from_secs(10)),
             watch_interval: HumanDuration(Duration::from_secs(2)),
             admin_tls: None,
+            admin_request_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

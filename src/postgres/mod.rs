@@ -6,7 +6,8 @@
 //!    startup packet limit: GSSENCRequest and SSLRequest are answered 'N'
 //!    (TLS is its own layer; bytes pipelined after either request are a
 //!    protocol violation, CVE-2021-23214), CancelRequest is forwarded by key
-//!    and the connection closed, StartupMessage ends the loop;
+//!    and the connection closed, StartupMessage ends the loop (bytes read
+//!    with it, sent before the server answered, are refused too);
 //! 2. admission ([`crate::admission::admit`]): the startup `user` must hold
 //!    a live grant on this resource; otherwise FATAL 28000 and close,
 //!    *before any byte reaches the backend*;
@@ -47,6 +48,8 @@ enum StartupFailure {
     Protocol(#[from] pg::StartupError),
     #[error("unexpected data after {0} request")]
     Pipelined(&'static str),
+    #[error("unexpected data after the startup message, before the server's answer")]
+    PipelinedAfterStartup,
     #[error("too many encryption negotiation requests")]
     TooManyNegotiations,
     #[error("client closed the connection during startup")]
@@ -384,6 +387,11 @@ async fn read_startup(
                     tracing::debug!("cancel request with an unknown key dropped");
                 }
                 return Ok(Startup::Cancelled);
+            }
+            // Nothing may come before the server's first answer; bytes read
+            // together with the message would otherwise be lost unseen.
+            Some(StartupRequest::Startup(_)) if !buf.is_empty() => {
+                return Err(StartupFailure::PipelinedAfterStartup)
             }
             Some(StartupRequest::Startup(msg)) => return Ok(Startup::Message(msg)),
         }
