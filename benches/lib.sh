@@ -19,14 +19,15 @@
 #
 # The two proxies get comparable settings: HAProxy 2.6 defaults (buffers of
 # tune.bufsize = 16384 bytes, one thread per core, timeouts of 1 h), jitgate
-# relay_buffer_size = 16384 (BENCH_RELAY_BUFFER) and idle_timeout = "1h"
-# (BENCH_IDLE_TIMEOUT): each keeps a timer per session and copies with
-# 16 KiB buffers. jitgate's per-source handshake rate limit is off
+# its default relay_buffer_size = 8192 (BENCH_RELAY_BUFFER; a direction that
+# streams grows its buffer to 64 KiB) and idle_timeout = "1h"
+# (BENCH_IDLE_TIMEOUT): each keeps a timer per session. jitgate's per-source
+# handshake rate limit is off
 # (handshake_rate = 0): it is a policy, not a cost, and pgbench -C on
 # loopback opens connections from one address as fast as it can.
 
 BENCH_TOKEN=${BENCH_TOKEN:-bench-admin-token}
-BENCH_RELAY_BUFFER=${BENCH_RELAY_BUFFER:-16384}
+BENCH_RELAY_BUFFER=${BENCH_RELAY_BUFFER:-8192}
 BENCH_IDLE_TIMEOUT=${BENCH_IDLE_TIMEOUT:-1h}
 BENCH_PIDS=()
 BENCH_HAPROXY_LISTENS=()

@@ -43,7 +43,7 @@ PG_HA=16433
 MY_JG=16033
 MY_HA=16034
 ADMIN=127.0.0.1:18080
-# jitgate relay_buffer_size (default 16384, HAProxy's tune.bufsize).
+# jitgate relay_buffer_size (default 8192, jitgate's own default).
 BENCH_RELAY_BUFFER=${RELAY_BUFFER:-$BENCH_RELAY_BUFFER}
 
 bench_init
