@@ -17,7 +17,8 @@
 //!   `max_duration` cuts request grants longer than it (from their creation);
 //! - unchanged resources and their sessions are untouched.
 //!
-//! `state_dir`, `admin_listen`, `metrics_listen` and `[[notify]]` changes
+//! `state_dir`, `admin_listen`, `admin_max_connections`, `metrics_listen`
+//! and `[[notify]]` changes
 //! need a restart; a reload logs that they were not applied.
 
 use std::collections::BTreeMap;
@@ -269,6 +270,10 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
         (
             "gateway.admin_listen",
             old.gateway.admin_listen != new.gateway.admin_listen,
+        ),
+        (
+            "gateway.admin_max_connections",
+            old.gateway.admin_max_connections != new.gateway.admin_max_connections,
         ),
         (
             "gateway.metrics_listen",

@@ -44,7 +44,8 @@ pub enum Surface {
     MetricsOnly,
 }
 
-/// Admin connections served at once; more are closed at accept (counted as
+/// The default of `gateway.admin_max_connections`: admin connections served
+/// at once; more are closed at accept (counted as
 /// `jitgate_limited_total{limit="admin_connections"}`), so a flood on the
 /// admin port cannot take the file descriptors the resources need.
 pub const MAX_ADMIN_CONNECTIONS: usize = 512;
@@ -60,7 +61,7 @@ const ADMIN_TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 /// Serve the API on `listener` until shutdown, over HTTPS when
 /// `[gateway.admin_tls]` is set.
 ///
-/// Every connection is bounded: at most [`MAX_ADMIN_CONNECTIONS`] at once;
+/// Every connection is bounded: at most `admin_max_connections` at once;
 /// a request's headers must arrive within `admin_request_timeout` (hyper's
 /// header timer, which also ends idle keep-alive connections), and its body
 /// within that long again, at most [`MAX_BODY`] bytes ([`receive`]). The
@@ -80,7 +81,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, surface: Surface) {
         },
     };
     let app = router(gw.clone(), surface);
-    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(gw.config().gateway.admin_max_connections));
     let plain = tls.is_none();
     let mut acceptor = Acceptor::new(listener, "the admin API");
     loop {

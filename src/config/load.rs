@@ -141,6 +141,12 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
             "gateway.handshake_timeout must be greater than 0s".into(),
         );
     }
+    if g.admin_max_connections == 0 {
+        errs.push(
+            0..0,
+            "gateway.admin_max_connections must be at least 1".into(),
+        );
+    }
     if g.admin_request_timeout.0.is_zero() {
         errs.push(
             0..0,

@@ -114,6 +114,11 @@ pub struct GatewayConfig {
     /// body within this long again; otherwise 408 and the connection is
     /// closed. Applies to connections accepted after a reload. Default `10s`.
     pub admin_request_timeout: HumanDuration,
+    /// Admin API connections served at once (each listener); more are
+    /// closed at accept and counted as `limited_total{limit="admin_connections"}`,
+    /// so a flood on the admin port cannot take the file descriptors the
+    /// resources need. Read at start. Default `512`.
+    pub admin_max_connections: usize,
 }
 
 impl Default for GatewayConfig {
@@ -141,6 +146,7 @@ impl Default for GatewayConfig {
             watch_interval: HumanDuration(Duration::from_secs(2)),
             admin_tls: None,
             admin_request_timeout: HumanDuration(Duration::from_secs(10)),
+            admin_max_connections: crate::admin::MAX_ADMIN_CONNECTIONS,
         }
     }
 }
