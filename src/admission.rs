@@ -208,6 +208,8 @@ pub fn admit_with(
     }
     m::handshake(accepted.elapsed());
     tracing::info!(session = %session.id, %peer, resource = name, who = %identity, grant = %grant.id, "session started");
+    // Admitted: no longer one of its source's handshakes.
+    crate::limits::handshake_done();
     Ok(Admitted { guard, session })
 }
 

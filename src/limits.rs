@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use dashmap::DashMap;
+
 use crate::config::GatewayConfig;
 
 /// Which limit refused a connection or a request.
@@ -30,6 +32,8 @@ pub enum Limit {
     Handshakes,
     /// `gateway.handshake_rate` for one source address.
     HandshakeRate,
+    /// `gateway.max_handshakes_per_source`.
+    SourceHandshakes,
     /// Failed admin-API token checks from one address.
     AdminAuth,
     /// The process (or system) had no file descriptor left for a new
@@ -47,6 +51,7 @@ impl Limit {
             Limit::ResourceConnections => "resource_connections",
             Limit::Handshakes => "handshakes",
             Limit::HandshakeRate => "handshake_rate",
+            Limit::SourceHandshakes => "source_handshakes",
             Limit::AdminAuth => "admin_auth",
             Limit::Fds => "fds",
             Limit::AdminConnections => "admin_connections",
@@ -59,6 +64,43 @@ impl Limit {
 pub struct ConnGuard {
     open: Arc<AtomicUsize>,
     resource: Arc<AtomicUsize>,
+    /// The connection's place among its source's handshakes, held until
+    /// it is admitted (see [`HandshakeSlot`]).
+    pub handshake: Option<HandshakeSlot>,
+}
+
+/// Handshakes (connections not yet admitted) open per source address.
+type PerSource = Arc<DashMap<IpAddr, usize>>;
+
+/// A connection's place under `gateway.max_handshakes_per_source`, given
+/// back when the connection is admitted (or closes first). The connection
+/// task holds it in [`HANDSHAKE`]; admission takes it out through
+/// [`handshake_done`], so a source's admitted sessions never count against
+/// its handshakes.
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    per_source: PerSource,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.per_source.remove_if_mut(&self.ip, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}
+
+tokio::task_local! {
+    /// The running connection task's handshake slot, until admission.
+    pub static HANDSHAKE: std::cell::RefCell<Option<HandshakeSlot>>;
+}
+
+/// The current connection has been admitted: give its source's handshake
+/// place back. Does nothing outside a connection task.
+pub fn handshake_done() {
+    let _ = HANDSHAKE.try_with(|slot| slot.borrow_mut().take());
 }
 
 impl Drop for ConnGuard {
@@ -71,6 +113,7 @@ impl Drop for ConnGuard {
 /// The gateway's limits.
 pub struct Limits {
     open: Arc<AtomicUsize>,
+    per_source: PerSource,
     rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
     admin_auth: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -100,6 +143,7 @@ impl Limits {
             .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN));
         Limits {
             open: Arc::new(AtomicUsize::new(0)),
+            per_source: Arc::new(DashMap::new()),
             rate,
             admin_auth: RateLimiter::keyed(admin_quota),
         }
@@ -112,20 +156,24 @@ impl Limits {
 
     /// Take a place for a new connection from `ip` on a resource whose open
     /// count is `resource` (limit `resource_max`, 0 = none), given
-    /// `sessions` live sessions gateway-wide.
+    /// `sessions` live sessions gateway-wide; `one_source` is false for a
+    /// trusted PROXY-protocol peer, which the per-source handshake cap
+    /// does not apply to.
     pub fn admit(
         &self,
         g: &GatewayConfig,
         resource: &Arc<AtomicUsize>,
         resource_max: usize,
         ip: IpAddr,
+        one_source: bool,
         sessions: usize,
     ) -> Result<ConnGuard, Limit> {
         let open = self.open.fetch_add(1, Ordering::Relaxed);
         let on_resource = resource.fetch_add(1, Ordering::Relaxed);
-        let guard = ConnGuard {
+        let mut guard = ConnGuard {
             open: self.open.clone(),
             resource: resource.clone(),
+            handshake: None,
         };
         if g.max_connections > 0 && open >= g.max_connections {
             return Err(Limit::Connections);
@@ -135,6 +183,21 @@ impl Limits {
         }
         if g.max_handshakes > 0 && open.saturating_sub(sessions) >= g.max_handshakes {
             return Err(Limit::Handshakes);
+        }
+        if one_source && g.max_handshakes_per_source > 0 {
+            let before = {
+                let mut n = self.per_source.entry(ip).or_insert(0);
+                *n += 1;
+                *n - 1
+            };
+            // Taken (and given back on drop) whether or not it fits.
+            guard.handshake = Some(HandshakeSlot {
+                per_source: self.per_source.clone(),
+                ip,
+            });
+            if before >= g.max_handshakes_per_source {
+                return Err(Limit::SourceHandshakes);
+            }
         }
         if let Some(rate) = &self.rate {
             if rate.check_key(&ip).is_err() {
@@ -179,11 +242,14 @@ mod tests {
         let l = Limits::new(&g);
         let r = Arc::new(AtomicUsize::new(0));
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let a = l.admit(&g, &r, 0, ip, 0).unwrap();
-        let _b = l.admit(&g, &r, 0, ip, 0).unwrap();
-        assert_eq!(l.admit(&g, &r, 0, ip, 0).unwrap_err(), Limit::Connections);
+        let a = l.admit(&g, &r, 0, ip, true, 0).unwrap();
+        let _b = l.admit(&g, &r, 0, ip, true, 0).unwrap();
+        assert_eq!(
+            l.admit(&g, &r, 0, ip, true, 0).unwrap_err(),
+            Limit::Connections
+        );
         drop(a);
-        let _c = l.admit(&g, &r, 0, ip, 0).unwrap();
+        let _c = l.admit(&g, &r, 0, ip, true, 0).unwrap();
         // b and c; the refused one gave its place back.
         assert_eq!(l.open(), 2);
     }
@@ -194,10 +260,13 @@ mod tests {
         let l = Limits::new(&g);
         let r = Arc::new(AtomicUsize::new(0));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let _a = l.admit(&g, &r, 0, ip, 0).unwrap();
-        assert_eq!(l.admit(&g, &r, 0, ip, 0).unwrap_err(), Limit::Handshakes);
+        let _a = l.admit(&g, &r, 0, ip, true, 0).unwrap();
+        assert_eq!(
+            l.admit(&g, &r, 0, ip, true, 0).unwrap_err(),
+            Limit::Handshakes
+        );
         // Once the first one has a session, another handshake may start.
-        assert!(l.admit(&g, &r, 0, ip, 1).is_ok());
+        assert!(l.admit(&g, &r, 0, ip, true, 1).is_ok());
     }
 
     #[test]
@@ -206,16 +275,50 @@ mod tests {
         let l = Limits::new(&g);
         let r = Arc::new(AtomicUsize::new(0));
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        let _g1 = l.admit(&g, &r, 0, a, 0).unwrap();
-        let _g2 = l.admit(&g, &r, 0, a, 0).unwrap();
-        assert_eq!(l.admit(&g, &r, 0, a, 0).unwrap_err(), Limit::HandshakeRate);
-        let _g3 = l.admit(&g, &r, 0, b, 0).unwrap();
+        let _g1 = l.admit(&g, &r, 0, a, true, 0).unwrap();
+        let _g2 = l.admit(&g, &r, 0, a, true, 0).unwrap();
+        assert_eq!(
+            l.admit(&g, &r, 0, a, true, 0).unwrap_err(),
+            Limit::HandshakeRate
+        );
+        let _g3 = l.admit(&g, &r, 0, b, true, 0).unwrap();
         let g = cfg(0, 0, 0);
         let r2 = Arc::new(AtomicUsize::new(0));
-        let _x = l.admit(&g, &r2, 1, b, 0).unwrap();
+        let _x = l.admit(&g, &r2, 1, b, true, 0).unwrap();
         assert_eq!(
-            l.admit(&g, &r2, 1, b, 0).unwrap_err(),
+            l.admit(&g, &r2, 1, b, true, 0).unwrap_err(),
             Limit::ResourceConnections
         );
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_handshakes_until_admitted() {
+        let g = GatewayConfig {
+            max_handshakes_per_source: 2,
+            handshake_rate: 0,
+            ..GatewayConfig::default()
+        };
+        let l = Limits::new(&g);
+        let r = Arc::new(AtomicUsize::new(0));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut g1 = l.admit(&g, &r, 0, a, true, 0).unwrap();
+        let _g2 = l.admit(&g, &r, 0, a, true, 0).unwrap();
+        assert_eq!(
+            l.admit(&g, &r, 0, a, true, 0).unwrap_err(),
+            Limit::SourceHandshakes
+        );
+        // Another source, and a trusted balancer, are not held back.
+        assert!(l.admit(&g, &r, 0, b, true, 0).is_ok());
+        assert!(l.admit(&g, &r, 0, a, false, 0).is_ok());
+        // Admission gives the place back while the connection stays open.
+        drop(g1.handshake.take());
+        let _g3 = l.admit(&g, &r, 0, a, true, 0).unwrap();
+        assert_eq!(
+            l.admit(&g, &r, 0, a, true, 0).unwrap_err(),
+            Limit::SourceHandshakes
+        );
+        drop((g1, _g2, _g3));
+        assert!(l.per_source.is_empty(), "counts are dropped at zero");
     }
 }

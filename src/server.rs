@@ -218,11 +218,16 @@ pub(crate) async fn accept_loop(
         };
         let resource = resource.load_full();
         let config = gw.config();
+        let ip = socket::canonical(peer).ip();
+        // A trusted load balancer speaks for many clients: its address is
+        // not one source, so the per-source handshake cap does not apply.
+        let balancer = Cidr::any_contains(resource.accept_proxy_protocol_from(&config.gateway), ip);
         let place = gw.limits.admit(
             &config.gateway,
             &open_here,
             resource.max_connections,
-            socket::canonical(peer).ip(),
+            ip,
+            !balancer,
             gw.sessions.len(),
         );
         let guard = match place {
@@ -245,8 +250,13 @@ pub(crate) async fn accept_loop(
         }
         let gw2 = gw.clone();
         let r = resource.clone();
+        let mut guard = guard;
+        // Given back by admission (or when the connection ends first).
+        let slot = std::cell::RefCell::new(guard.handshake.take());
         gw.tracker.spawn(async move {
-            dispatch(gw2, r, stream, peer).await;
+            crate::limits::HANDSHAKE
+                .scope(slot, dispatch(gw2, r, stream, peer))
+                .await;
             drop(guard);
         });
     }

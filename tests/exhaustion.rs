@@ -187,8 +187,10 @@ async fn fate(s: &mut TcpStream) -> Fate {
 #[tokio::test]
 async fn out_of_file_descriptors_the_excess_is_refused_without_spinning_and_service_resumes() {
     let mut o = Opts::new("ex-fds");
-    // The connections below wait in their handshake for the whole test.
+    // The connections below wait in their handshake for the whole test,
+    // all from one address: only the descriptor limit may stop them.
     o.handshake_timeout = "60s";
+    o.gateway_extra = "max_handshakes_per_source = 0".into();
     let mut p = Process::start(&o, &["prlimit", "--nofile=128:128", "--"]).await;
     p.grant("alice", "ex-fds").await;
     let baseline = p.fds();

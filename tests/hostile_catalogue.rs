@@ -1684,12 +1684,18 @@ async fn client_backends(direct: &tokio_postgres::Client) -> i64 {
 
 #[tokio::test]
 async fn a_flood_of_5000_unauthenticated_connections_opens_no_backend_and_starves_no_one() {
-    // Room for the whole flood: max_handshakes above it, the handshake
-    // timeout longer than the flood takes to open; the per-source rate
-    // (default 1000/s, burst 2000) is not reached by 500 from each of 10
-    // addresses. The granted user connects from 127.0.0.1, as always.
+    // Room for the whole flood: max_handshakes and the per-source cap above
+    // it, the handshake timeout longer than the flood takes to open; the
+    // per-source rate (default 1000/s, burst 2000) is not reached by 500
+    // from each of 10 addresses. The granted user connects from 127.0.0.1,
+    // as always.
     const FLOOD: usize = 5000;
-    let g = Gate::start("max_handshakes = 6000", "30s", "2s").await;
+    let g = Gate::start(
+        "max_handshakes = 6000\nmax_handshakes_per_source = 1000",
+        "30s",
+        "2s",
+    )
+    .await;
     let base = baseline(&g).await;
     let backend_port = port_of(&pg_backend());
     let direct = direct().await;

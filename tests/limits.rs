@@ -184,3 +184,57 @@ async fn a_mysql_client_over_the_limit_gets_err_1040_first() {
     assert_eq!(&out[7..13], b"#08004");
     assert!(text(&out).contains("too many connections"));
 }
+
+/// A PostgreSQL session from `source` (a loopback address) through `gw`.
+async fn session_from(gw: &TestGateway, source: &str) -> tokio_postgres::Client {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = sock.connect(gw.addr()).await.unwrap();
+    let (client, connection) = gw
+        .pg_config("postgres")
+        .connect_raw(stream, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("a session from {source}: {e}"));
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.unwrap();
+    client
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_handshake_but_its_sessions_do_not_count() {
+    let mut o = Opts::new("lim-src");
+    o.gateway_extra = "max_handshakes_per_source = 2\nhandshake_rate = 0".into();
+    o.handshake_timeout = "10s";
+    let gw = start(o).await;
+    gw.grant("alice", "postgres", Duration::from_secs(60));
+    // Two silent connections from 127.0.0.1 take its two places.
+    let a = TcpStream::connect(gw.addr()).await.unwrap();
+    let b = TcpStream::connect(gw.addr()).await.unwrap();
+    wait_until("two handshakes open", Duration::from_secs(5), || async {
+        gw.running.gateway.limits.open() == 2
+    })
+    .await;
+    let mut c = TcpStream::connect(gw.addr()).await.unwrap();
+    let out = until_closed(&mut c).await;
+    assert!(
+        text(&out).contains("53300")
+            && text(&out).contains("too many connections (source_handshakes)"),
+        "{:?}",
+        text(&out)
+    );
+    assert!(limited(&gw, "source_handshakes") >= 1.0);
+    // Another address is served meanwhile.
+    let _other = session_from(&gw, "127.0.0.2").await;
+    // Once the stallers are gone, 127.0.0.1 opens more sessions than its
+    // handshake places: admitted sessions give their place back.
+    drop((a, b));
+    wait_until("stallers gone", Duration::from_secs(5), || async {
+        gw.running.gateway.limits.open() == 1
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(session_from(&gw, "127.0.0.1").await);
+    }
+    assert_eq!(gw.running.gateway.limits.open(), 5);
+}

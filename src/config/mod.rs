@@ -89,6 +89,13 @@ pub struct GatewayConfig {
     /// Connections still in their handshake (no session yet) at most; more
     /// are refused at accept (`0` = no limit). Default `1000`.
     pub max_handshakes: usize,
+    /// Connections still in their handshake from one source address at
+    /// most, so that one address cannot hold all of `max_handshakes`; more
+    /// are refused at accept (`0` = no limit). Admitted sessions do not
+    /// count, nor do trusted PROXY-protocol peers. Default `0`: an
+    /// application's connection pool behind one address may open more
+    /// than any fixed number at once; set it where clients are people.
+    pub max_handshakes_per_source: usize,
     /// New connections per second from one source address (`0` = no
     /// limit). Default `1000`.
     pub handshake_rate: u32,
@@ -138,6 +145,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             max_connections: 10_000,
             max_handshakes: 1000,
+            max_handshakes_per_source: 0,
             handshake_rate: 1000,
             handshake_burst: 2000,
             request_ttl: HumanDuration(Duration::from_secs(3600)),
