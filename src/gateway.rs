@@ -295,35 +295,15 @@ impl Gateway {
         e.resource = Some(grant.resource.clone());
         e.actor = Some(by.to_string());
         e.reason = Some(reason.to_string());
-        // Removing access never waits on storage: an outage (a full disk,
-        // perhaps filled on purpose) must not keep anyone connected. The
-        // audit record is written first (the kernel has it: no fsync), the
-        // sessions are cut, and only then is the journal synced, off the
-        // async workers; the API answers after all of it.
-        if let Err(err) = self.audit.write(e) {
-            tracing::error!(grant = %id, error = %err, "access removed without its audit record (audit log unavailable)");
-        }
         let reason_text = reason.to_string();
         let reason = EndReason::Revoked {
             by: by.to_string(),
             reason: reason.to_string(),
         };
-        // Listed before and after the cut: closed sessions leave the
-        // registry, and one admitted in between is cut too.
-        let mut sessions = self.sessions.on_grant(&id);
-        let Some(grant) = self.grants.remove(&id, reason) else {
+        let Some((grant, sessions)) = self.remove_access(e, id, reason).await else {
             // Expired or revoked between the lookup and now.
             return Err(OpError::NotFound(format!("no live grant {id}")));
         };
-        let listed: std::collections::HashSet<SessionId> = sessions.iter().map(|s| s.id).collect();
-        sessions.extend(
-            self.sessions
-                .on_grant(&grant.id)
-                .into_iter()
-                .filter(|s| !listed.contains(&s.id)),
-        );
-        self.journal_removal(id).await;
-        m::grants_active(self.grants.len());
         self.notifier.send(
             "grant.revoked",
             &format!("{by} revoked {}'s access to {}: {reason_text}", grant.principal, grant.resource),
@@ -346,17 +326,50 @@ impl Gateway {
         }
     }
 
-    /// Record that access is being removed: audit and journal, logging
-    /// (not failing) when either cannot be written. A journal that misses
-    /// the record brings the grant back on restart, so that is logged as an
-    /// error for the operator to revoke it again.
-    pub(crate) fn record_removal(&self, e: Event, id: GrantId) {
+    /// Run an operation that journals (an fsync before it returns) on a
+    /// blocking thread, so the async workers keep relaying while the disk
+    /// flushes: an fsync on a worker would stall every session it drives.
+    pub async fn off_workers<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: impl FnOnce(&Gateway) -> Result<T, OpError> + Send + 'static,
+    ) -> Result<T, OpError> {
+        let gw = self.clone();
+        tokio::task::spawn_blocking(move || op(&gw))
+            .await
+            .unwrap_or_else(|e| Err(OpError::Journal(std::io::Error::other(e))))
+    }
+
+    /// End grant `id` now for `reason` (revoke, release): audit `e`, cut
+    /// the sessions, then journal the end; returns the grant and its
+    /// sessions (to wait for), or `None` if it was no longer live.
+    ///
+    /// Removing access never waits on storage: an outage (a full disk,
+    /// perhaps filled on purpose) must not keep anyone connected. The audit
+    /// record is written first (the kernel has it: no fsync), the sessions
+    /// are cut, and only then is the journal synced, off the async workers.
+    pub(crate) async fn remove_access(
+        &self,
+        e: Event,
+        id: GrantId,
+        reason: EndReason,
+    ) -> Option<(Arc<Grant>, Vec<Arc<Session>>)> {
         if let Err(err) = self.audit.write(e) {
             tracing::error!(grant = %id, error = %err, "access removed without its audit record (audit log unavailable)");
         }
-        if let Err(err) = self.journal.append(&Record::GrantEnded { id }) {
-            tracing::error!(grant = %id, error = %err, "grant ended in memory but not in the journal: it returns after a restart unless revoked again");
-        }
+        // Listed before and after the cut: closed sessions leave the
+        // registry, and one admitted in between is cut too.
+        let mut sessions = self.sessions.on_grant(&id);
+        let grant = self.grants.remove(&id, reason)?;
+        let listed: std::collections::HashSet<SessionId> = sessions.iter().map(|s| s.id).collect();
+        sessions.extend(
+            self.sessions
+                .on_grant(&grant.id)
+                .into_iter()
+                .filter(|s| !listed.contains(&s.id)),
+        );
+        self.journal_removal(id).await;
+        m::grants_active(self.grants.len());
+        Some((grant, sessions))
     }
 
     /// Kill one session; answers once its sockets are closed.

@@ -415,17 +415,14 @@ impl Gateway {
         e.principal = Some(grant.principal.clone());
         e.resource = Some(grant.resource.clone());
         e.actor = Some(principal.to_string());
-        self.record_removal(e, grant_id);
         let reason = EndReason::Revoked {
             by: principal.to_string(),
             reason: "released by its holder".into(),
         };
-        let grant = self
-            .grants
-            .remove(&grant_id, reason)
+        let (_, sessions) = self
+            .remove_access(e, grant_id, reason)
+            .await
             .ok_or_else(|| OpError::NotFound(format!("no live grant {grant_id}")))?;
-        crate::metrics::grants_active(self.grants.len());
-        let sessions = self.sessions.on_grant(&grant.id);
         Ok(wait_closed(&sessions, Duration::from_secs(10)).await)
     }
 

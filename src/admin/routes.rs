@@ -126,7 +126,7 @@ pub async fn create_grant(
             .map(|u| u.logins.clone())
             .unwrap_or_default(),
     };
-    let grant = gw.create_grant(NewGrant {
+    let new = NewGrant {
         principal: req.principal,
         resource: req.resource,
         logins,
@@ -135,7 +135,8 @@ pub async fn create_grant(
         reason: req.reason,
         actor: caller.name,
         kind: GrantKind::BreakGlass,
-    })?;
+    };
+    let grant = gw.off_workers(move |gw| gw.create_grant(new)).await?;
     Ok((StatusCode::CREATED, Json(GrantView::from(grant.as_ref()))))
 }
 

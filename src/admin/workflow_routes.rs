@@ -43,16 +43,16 @@ pub async fn create_request(
     let req = body(b)?;
     check_reason(&req.reason)?;
     let sources = sources_or_origin(&gw, &req.resource, parse_sources(&req.sources)?, origin)?;
-    let c = gw.request_access(
-        &caller.name,
-        AccessRequest {
-            resource: req.resource,
-            duration: req.duration.0,
-            reason: req.reason,
-            logins: req.logins,
-            sources,
-        },
-    )?;
+    let ask = AccessRequest {
+        resource: req.resource,
+        duration: req.duration.0,
+        reason: req.reason,
+        logins: req.logins,
+        sources,
+    };
+    let c = gw
+        .off_workers(move |gw| gw.request_access(&caller.name, ask))
+        .await?;
     Ok((StatusCode::CREATED, Json(created_view(c))))
 }
 
@@ -94,7 +94,9 @@ pub async fn approve(
     let id = parse_id(id)?;
     let b = body(b)?;
     check_reason(&b.comment)?;
-    let r = gw.approve_request(&caller.name, id, &b.comment)?;
+    let r = gw
+        .off_workers(move |gw| gw.approve_request(&caller.name, id, &b.comment))
+        .await?;
     Ok(Json(RequestView::from(&r)))
 }
 
@@ -108,7 +110,9 @@ pub async fn deny(
     let id = parse_id(id)?;
     let b = body(b)?;
     check_reason(&b.reason)?;
-    let r = gw.deny_request(&caller.name, id, &b.reason)?;
+    let r = gw
+        .off_workers(move |gw| gw.deny_request(&caller.name, id, &b.reason))
+        .await?;
     Ok(Json(RequestView::from(&r)))
 }
 
@@ -123,7 +127,9 @@ pub async fn extend(
     let id = parse_id(id)?;
     let b = body(b)?;
     check_reason(&b.reason)?;
-    let c = gw.extend_grant(&caller.name, id, b.by.0, &b.reason)?;
+    let c = gw
+        .off_workers(move |gw| gw.extend_grant(&caller.name, id, b.by.0, &b.reason))
+        .await?;
     Ok((StatusCode::CREATED, Json(created_view(c))))
 }
 
