@@ -151,6 +151,14 @@ pub trait Wire: Send {
         None
     }
 
+    /// Whether the client has said goodbye in the protocol (PostgreSQL's
+    /// Terminate, MySQL's COM_QUIT). The backend then closes because the
+    /// client asked it to, and that close may reach the relay before the
+    /// client's own: the session still ends for reason `client`.
+    fn client_ended(&self) -> bool {
+        false
+    }
+
     /// Whether an end of stream from one side only half-closes the session
     /// (see the module header). Default: it ends the session.
     fn half_close(&self) -> bool {
@@ -505,6 +513,13 @@ async fn down_step<W: Wire>(
     }
 }
 
+/// Whether the client said goodbye (see [`Wire::client_ended`]).
+fn client_ended<W: Wire>(wire: &std::sync::Mutex<&mut W>) -> bool {
+    wire.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .client_ended()
+}
+
 /// Largest a relay buffer grows to while a direction streams (unless
 /// `relay_buffer_size` is larger still).
 pub const GROWN_MAX: usize = 64 * 1024;
@@ -665,6 +680,9 @@ pub async fn run<W: Wire>(
                         }
                     }
                     Step::ClientEof | Step::ClientGone => break (EndReason::Client, None),
+                    Step::BackendEof | Step::BackendGone if client_ended(&wire_ref) => {
+                        break (EndReason::Client, None)
+                    }
                     Step::BackendEof => break (EndReason::Backend, None),
                     Step::BackendGone => {
                         backend_failed = true;
@@ -683,6 +701,9 @@ pub async fn run<W: Wire>(
                         }
                     }
                     Step::ClientEof | Step::ClientGone => break (EndReason::Client, None),
+                    Step::BackendEof | Step::BackendGone if client_ended(&wire_ref) => {
+                        break (EndReason::Client, None)
+                    }
                     Step::BackendEof => break (EndReason::Backend, None),
                     Step::BackendGone => {
                         backend_failed = true;

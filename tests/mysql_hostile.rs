@@ -474,3 +474,23 @@ async fn a_client_that_vanishes_mid_statement_leaves_nothing_running() {
     let ended = gw.wait_audit("session.ended", |_| true).await;
     assert_eq!(ended["outcome"], "client");
 }
+
+#[tokio::test]
+async fn com_quit_ends_the_session_as_the_clients_even_when_the_backend_closes_first() {
+    // The mysql CLI sends COM_QUIT and closes; the server closes on
+    // COM_QUIT too, and its close can reach the gateway first. Here the
+    // client keeps its socket open after COM_QUIT, so the server's close
+    // always comes first: the session still ended because the client quit.
+    let gw = gateway("my-h-quit").await;
+    let (mut s, answer) = raw_login_until_switch(gw.addr()).await;
+    s.write_all(&answer).await.unwrap();
+    let (seq, ok) = read_packet(&mut s).await;
+    assert_eq!((seq, ok.first()), (4, Some(&0x00)), "the login's OK");
+    let mut quit = BytesMut::new();
+    my::encode_packet(0, &[0x01], &mut quit);
+    s.write_all(&quit).await.unwrap();
+    let rest = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "nothing after COM_QUIT: {rest:?}");
+    let e = gw.wait_audit("session.ended", |_| true).await;
+    assert_eq!(e["outcome"], "client", "{e}");
+}

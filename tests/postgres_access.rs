@@ -124,3 +124,28 @@ async fn expiry_ends_a_running_query_and_closes_both_sockets() {
     );
     assert!(gw.metric("jitgate_enforcement_lag_seconds_count", &[]) >= 1.0);
 }
+
+#[tokio::test]
+async fn terminate_ends_the_session_as_the_clients_even_when_the_backend_closes_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // libpq sends Terminate and closes; PostgreSQL closes on Terminate too,
+    // and its close can reach the gateway first. Here the client keeps its
+    // socket open after Terminate, so the server's close always comes
+    // first: the session still ended because the client said goodbye.
+    let gw = start(Opts::new("pg-terminate")).await;
+    gw.grant("alice", "postgres", Duration::from_secs(60));
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(&common::pgraw::startup("postgres"))
+        .await
+        .unwrap();
+    common::pgraw::read_until_ready(&mut s).await;
+    s.write_all(b"X\0\0\0\x04").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes the client's leg")
+        .unwrap();
+    assert!(rest.is_empty(), "nothing after Terminate: {rest:?}");
+    let e = gw.wait_audit("session.ended", |_| true).await;
+    assert_eq!(e["outcome"], "client", "{e}");
+}

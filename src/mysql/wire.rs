@@ -58,6 +58,8 @@ pub type LoginChanged = Box<dyn Fn(&Session, &str) -> std::io::Result<()> + Send
 pub struct MyWire {
     session: Arc<Session>,
     authed: bool,
+    /// The client sent COM_QUIT.
+    quit: bool,
     // Boxed: each framer holds the head of the current payload, and the
     // wire is moved into (and kept by) every session's relay task.
     up: Box<PacketFramer>,
@@ -123,6 +125,7 @@ impl MyWire {
         MyWire {
             session,
             authed: false,
+            quit: false,
             up: Box::new(PacketFramer::new(MAX_HEAD)),
             down: Box::new(PacketFramer::new(DOWN_HEAD)),
             conv: Conversation::in_auth(deprecate_eof, client_next),
@@ -231,6 +234,10 @@ impl Wire for MyWire {
         self.judge_up(pending, new)
     }
 
+    fn client_ended(&self) -> bool {
+        self.quit
+    }
+
     fn rewrite_up(&mut self, new: &mut [u8]) {
         // After judging: the conversation follows the client's own ids.
         if self.shift != 0 && !self.authed {
@@ -271,15 +278,20 @@ impl MyWire {
             .get(pending.len().saturating_sub(new)..)
             .unwrap_or_default();
         let mut ended: Option<EndReason> = None;
-        let (session, hook, names, conv, judged) = (
+        let (session, hook, names, conv, judged, quit) = (
             &self.session,
             &self.on_login_changed,
             self.cert_names.as_deref(),
             &mut self.conv,
             &mut self.up_judged,
+            &mut self.quit,
         );
         self.up.feed(chunk, |p| {
             conv.client_payload(p);
+            // A command (sequence id 0) of one byte: COM_QUIT.
+            if p.seq == 0 && p.len == 1 && p.first_byte() == Some(my::generic::command::COM_QUIT) {
+                *quit = true;
+            }
             if ended.is_none() && !*judged {
                 if let Judgement::End(r) = judge(session, hook, names, p, true) {
                     ended = Some(r);

@@ -26,6 +26,9 @@ use crate::timefmt;
 /// ParameterStatus and error messages are far smaller).
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 
+/// The Terminate message (libpq sends it alone, just before it closes).
+const TERMINATE: &[u8] = b"X\0\0\0\x04";
+
 /// PostgreSQL's [`Wire`].
 pub struct PgWire {
     ready: bool,
@@ -40,6 +43,8 @@ pub struct PgWire {
     busy: bool,
     /// A CancelRequest was already sent.
     cancelled: bool,
+    /// The client sent Terminate.
+    terminated: bool,
 }
 
 impl PgWire {
@@ -53,6 +58,7 @@ impl PgWire {
             cancel_guard: None,
             cancel_target: None,
             busy: false,
+            terminated: false,
             cancelled: false,
         }
     }
@@ -119,10 +125,16 @@ impl Wire for PgWire {
 
     fn inspect_up(&mut self, pending: &[u8], _new: usize) -> crate::relay::UpVerdict {
         // A lone Terminate is a goodbye, not a statement.
-        if pending != b"X\0\0\0\x04" {
+        if pending == TERMINATE {
+            self.terminated = true;
+        } else {
             self.busy = true;
         }
         crate::relay::UpVerdict::Pass
+    }
+
+    fn client_ended(&self) -> bool {
+        self.terminated
     }
 
     fn warning(
