@@ -14,7 +14,9 @@
 //!   waits [`BACKOFF`] before accepting again;
 //! - counts each failed accept in `jitgate_limited_total{limit="fds"}` and
 //!   logs one warning when a shortage starts and one line when accepting
-//!   works again (with the count), never a line per connection.
+//!   has worked again for a second since the last failure (with the
+//!   count), never a line per connection: descriptors freed one at a time
+//!   let single accepts through in the middle of a shortage.
 //!
 //! Invariants: [`Acceptor::next`] only returns accepted connections, never
 //! spins on an error, and is cancel-safe (it can be raced against a stop
@@ -74,7 +76,15 @@ fn is_connection_error(e: &io::Error) -> bool {
 struct Shortage {
     since: Instant,
     failed: u64,
+    /// The latest failed accept: the shortage is over once accepts have
+    /// worked for [`QUIET`] since then (descriptors freed one at a time
+    /// make single accepts succeed in the middle of a shortage).
+    last_failure: Instant,
 }
+
+/// How long accepts must work after the last failure before a shortage is
+/// logged as over.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A listener with the shortage handling of the module header.
 #[derive(Debug)]
@@ -107,7 +117,7 @@ impl Acceptor {
         loop {
             match self.listener.accept().await {
                 Ok(accepted) => {
-                    if let Some(s) = self.shortage.take() {
+                    if let Some(s) = self.shortage.take_if(|s| s.last_failure.elapsed() >= QUIET) {
                         tracing::info!(
                             listener = %self.what,
                             failed_accepts = s.failed,
@@ -121,7 +131,10 @@ impl Acceptor {
                 Err(e) if is_shortage(&e) => {
                     m::limited(crate::limits::Limit::Fds.label());
                     match &mut self.shortage {
-                        Some(s) => s.failed += 1,
+                        Some(s) => {
+                            s.failed += 1;
+                            s.last_failure = Instant::now();
+                        }
                         None => {
                             tracing::warn!(
                                 listener = %self.what,
@@ -131,6 +144,7 @@ impl Acceptor {
                             self.shortage = Some(Shortage {
                                 since: Instant::now(),
                                 failed: 1,
+                                last_failure: Instant::now(),
                             });
                         }
                     }
