@@ -290,21 +290,27 @@ impl Jitgate {
 /// One keep-alive HTTP/1.1 connection to the admin API.
 struct ApiConn {
     tx: SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
     token: String,
 }
 
 impl ApiConn {
     async fn open(addr: SocketAddr, token: &str) -> Result<ApiConn> {
+        Ok(ApiConn {
+            tx: Self::connect(addr).await?,
+            addr,
+            token: token.to_string(),
+        })
+    }
+
+    async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(ApiConn {
-            tx,
-            token: token.to_string(),
-        })
+        Ok(tx)
     }
 
     async fn raw(
@@ -321,7 +327,12 @@ impl ApiConn {
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
-        self.tx.ready().await?;
+        // jitgate closes a keep-alive connection idle for
+        // admin_request_timeout (10 s), which the expiry phase can exceed.
+        if self.tx.is_closed() || self.tx.ready().await.is_err() {
+            self.tx = Self::connect(self.addr).await?;
+            self.tx.ready().await?;
+        }
         let resp = self.tx.send_request(req).await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();

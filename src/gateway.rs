@@ -42,6 +42,9 @@ pub enum OpenError {
     /// The journal.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The connection worker threads could not be started.
+    #[error("cannot start the connection worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Errors of the access operations, mapped to HTTP statuses by the API.
@@ -92,6 +95,8 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// Tracks every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The threads that run the connections.
+    pub workers: crate::workers::Workers,
     /// Renders `/metrics`.
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Access requests.
@@ -115,6 +120,8 @@ impl Gateway {
         })?;
         let (journal, replay) = Journal::open(&dir)?;
         let tracker = TaskTracker::new();
+        let workers = crate::workers::Workers::start(config.gateway.worker_threads)
+            .map_err(OpenError::Workers)?;
         let notifier = Notifier::start(&config.notify, &tracker, &shutdown);
         let limits = crate::limits::Limits::new(&config.gateway);
         let gw = Gateway {
@@ -130,6 +137,7 @@ impl Gateway {
             mysql_profiles: Arc::default(),
             shutdown,
             tracker,
+            workers,
             prometheus,
             config: ArcSwap::from_pointee(config),
         };

@@ -67,4 +67,5 @@ pub mod ssh;
 pub mod tcp;
 pub mod timefmt;
 pub mod tls;
+pub mod workers;
 pub mod workflow;

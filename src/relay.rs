@@ -668,7 +668,18 @@ pub async fn run<W: Wire>(
                 _ = &mut handshake_timer, if in_handshake && p.handshake_deadline.is_some() => {
                     break (EndReason::Error, None);
                 }
-                s = up_step(&mut up, &wire_ref, &mut client_r, &mut backend_w, &session, &bytes_up), if up_open => match s {
+                s = async {
+                    // Past the handshake a direction keeps going (read, then
+                    // write at once) until it would block, without a trip
+                    // round this loop per step; during the handshake each
+                    // step comes back here, so the timer branch sees its end.
+                    loop {
+                        let s = up_step(&mut up, &wire_ref, &mut client_r, &mut backend_w, &session, &bytes_up).await;
+                        if in_handshake || !matches!(s, Step::Moved) {
+                            break s;
+                        }
+                    }
+                }, if up_open => match s {
                     Step::Moved => {}
                     Step::ClientEof if half_close => {
                         // Pass the end of stream on; the backend may still answer.
@@ -690,7 +701,14 @@ pub async fn run<W: Wire>(
                     }
                     Step::End(r) => break (r, Some(std::time::Instant::now())),
                 },
-                s = down_step(&mut st, &wire_ref, &mut backend_r, &mut client_w, &session, &bytes_down), if down_open => match s {
+                s = async {
+                    loop {
+                        let s = down_step(&mut st, &wire_ref, &mut backend_r, &mut client_w, &session, &bytes_down).await;
+                        if in_handshake || !matches!(s, Step::Moved) {
+                            break s;
+                        }
+                    }
+                }, if down_open => match s {
                     Step::Moved => {}
                     Step::BackendEof if half_close => {
                         let _ = client_w.shutdown().await;

@@ -17,8 +17,8 @@
 //!   `max_duration` cuts request grants longer than it (from their creation);
 //! - unchanged resources and their sessions are untouched.
 //!
-//! `state_dir`, `admin_listen`, `admin_max_connections`, `metrics_listen`
-//! and `[[notify]]` changes
+//! `state_dir`, `admin_listen`, `admin_max_connections`, `worker_threads`,
+//! `metrics_listen` and `[[notify]]` changes
 //! need a restart; a reload logs that they were not applied.
 
 use std::collections::BTreeMap;
@@ -274,6 +274,10 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
         (
             "gateway.admin_max_connections",
             old.gateway.admin_max_connections != new.gateway.admin_max_connections,
+        ),
+        (
+            "gateway.worker_threads",
+            old.gateway.worker_threads != new.gateway.worker_threads,
         ),
         (
             "gateway.metrics_listen",

@@ -253,12 +253,13 @@ pub(crate) async fn accept_loop(
         let mut guard = guard;
         // Given back by admission (or when the connection ends first).
         let slot = std::cell::RefCell::new(guard.handshake.take());
-        gw.tracker.spawn(async move {
-            crate::limits::HANDSHAKE
-                .scope(slot, dispatch(gw2, r, stream, peer))
-                .await;
-            drop(guard);
-        });
+        gw.workers
+            .spawn(&gw.tracker, stream, move |stream| async move {
+                crate::limits::HANDSHAKE
+                    .scope(slot, dispatch(gw2, r, stream, peer))
+                    .await;
+                drop(guard);
+            });
     }
 }
 

@@ -153,6 +153,27 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Wait until the peer has acknowledged every byte written to `s`.
+async fn delivered(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let begun = std::time::Instant::now();
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ on a socket) writes one c_int to the
+        // pointer, which points at a live c_int; the fd is open (s is borrowed).
+        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        assert_eq!(r, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+        if queued == 0 {
+            return;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(10),
+            "the gateway did not take {queued} forwarded bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn relay(
     mut gw: TcpStream,
     backend: SocketAddr,
@@ -220,6 +241,11 @@ async fn relay(
     }
     match action {
         Action::Reset => {
+            // An abortive close discards what the send queue still holds
+            // (the gateway's window may be full while it writes to a slow
+            // client), which would move the cut: reset only once the
+            // gateway's kernel has everything forwarded.
+            delivered(&gw).await;
             gw.set_zero_linger().unwrap();
             drop(gw);
         }

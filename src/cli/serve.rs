@@ -48,7 +48,10 @@ pub fn run(config_path: &Path, format: LogFormat) -> anyhow::Result<ExitCode> {
             tracing::warn!(user = u.name(), "this user has the public demo token from config.example.toml; replace it (jitgate token new) before real use");
         }
     }
+    // Accept loops, the admin API and the clocks; connections run on the
+    // worker threads (crate::workers).
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("jitgate-main")
         .enable_all()
         .build()?;
     rt.block_on(async move {

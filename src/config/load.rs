@@ -141,6 +141,12 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
             "gateway.handshake_timeout must be greater than 0s".into(),
         );
     }
+    if g.worker_threads > 1024 {
+        errs.push(
+            0..0,
+            "gateway.worker_threads must be at most 1024 (0 = one per CPU core)".into(),
+        );
+    }
     if g.admin_max_connections == 0 {
         errs.push(
             0..0,

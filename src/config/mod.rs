@@ -126,6 +126,10 @@ pub struct GatewayConfig {
     /// so a flood on the admin port cannot take the file descriptors the
     /// resources need. Read at start. Default `512`.
     pub admin_max_connections: usize,
+    /// Threads that run the connections, each with its own event loop; a
+    /// connection stays on one for its whole life. `0` (the default): one
+    /// per CPU core the process may use. Read at start.
+    pub worker_threads: usize,
 }
 
 impl Default for GatewayConfig {
@@ -155,6 +159,7 @@ impl Default for GatewayConfig {
             admin_tls: None,
             admin_request_timeout: HumanDuration(Duration::from_secs(10)),
             admin_max_connections: crate::admin::MAX_ADMIN_CONNECTIONS,
+            worker_threads: 0,
         }
     }
 }
