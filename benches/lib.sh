@@ -19,7 +19,7 @@
 #
 # The two proxies get comparable settings: HAProxy 2.6 defaults (buffers of
 # tune.bufsize = 16384 bytes, one thread per core, timeouts of 1 h), jitgate
-# its default relay_buffer_size = 8192 (BENCH_RELAY_BUFFER; a direction that
+# its default worker_threads (one per core) and relay_buffer_size = 8192 (BENCH_RELAY_BUFFER; a direction that
 # streams grows its buffer to 64 KiB) and idle_timeout = "1h"
 # (BENCH_IDLE_TIMEOUT): each keeps a timer per session. jitgate's per-source
 # handshake rate limit is off
