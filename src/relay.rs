@@ -513,6 +513,76 @@ async fn down_step<W: Wire>(
     }
 }
 
+/// Polls a future only when one of its own wakers has fired.
+///
+/// The relay's task wakes for every chunk; its enforcement clock (kill
+/// switch, deadline timer, extension notice) wakes it a handful of times in
+/// a session's life. Without the gate every chunk would poll the clock's
+/// three futures too (each takes a lock); with it a chunk costs a
+/// `will_wake` check and one atomic swap.
+struct Gate {
+    shared: Arc<GateWaker>,
+    /// The gate's waker, handed to the inner future.
+    waker: std::task::Waker,
+    /// The task waker last stored in `shared`.
+    last: Option<std::task::Waker>,
+}
+
+struct GateWaker {
+    woken: std::sync::atomic::AtomicBool,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for GateWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Set before waking the task: the gate clears it before polling,
+        // so a wake during that poll is never lost.
+        self.woken.store(true, Ordering::SeqCst);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = task.as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl Gate {
+    fn new() -> Gate {
+        let shared = Arc::new(GateWaker {
+            woken: std::sync::atomic::AtomicBool::new(true),
+            task: std::sync::Mutex::new(None),
+        });
+        Gate {
+            waker: std::task::Waker::from(shared.clone()),
+            shared,
+            last: None,
+        }
+    }
+
+    /// Drive `fut` through the gate. A new future is always polled once
+    /// (to register its wakers), then only after one of them fired.
+    async fn run<F: Future>(&mut self, fut: F) -> F::Output {
+        self.shared.woken.store(true, Ordering::SeqCst);
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            if !self.last.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *self.shared.task.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(cx.waker().clone());
+                self.last = Some(cx.waker().clone());
+            }
+            if !self.shared.woken.swap(false, Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+            fut.as_mut()
+                .poll(&mut std::task::Context::from_waker(&self.waker))
+        })
+        .await
+    }
+}
+
 /// Whether the client said goodbye (see [`Wire::client_ended`]).
 fn client_ended<W: Wire>(wire: &std::sync::Mutex<&mut W>) -> bool {
     wire.lock()
@@ -595,6 +665,7 @@ pub async fn run<W: Wire>(
     let mut backend: Conn = backend.into();
     let session = p.session.clone();
     let mut enforcer = Enforcer::new(session.clone(), p.idle, &p.warnings);
+    let mut gate = Gate::new();
     let (bytes_up, bytes_down) = crate::metrics::byte_counters(&session.resource);
     let mut up = Up {
         buf: Vec::new(),
@@ -650,7 +721,7 @@ pub async fn run<W: Wire>(
                 .in_handshake();
             tokio::select! {
                 biased;
-                e = enforcer.next() => match e {
+                e = gate.run(enforcer.next()) => match e {
                     Enforcement::End { reason, since } => break (reason, Some(since)),
                     Enforcement::Warn { remaining, at } => {
                         if !in_handshake {
@@ -839,5 +910,65 @@ async fn drain_to_boundary<W: Wire>(
             Ok(0) | Err(_) => return false,
             Ok(n) => down.pos += n,
         }
+    }
+}
+
+#[cfg(test)]
+mod gate {
+    use super::Gate;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    /// Counts its polls; ready once `open` is notified.
+    async fn clock(polls: Arc<AtomicUsize>, open: Arc<tokio::sync::Notify>) -> &'static str {
+        let mut notified = std::pin::pin!(open.notified());
+        std::future::poll_fn(|cx| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            notified.as_mut().poll(cx).map(|()| "fired")
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_inner_future_is_polled_only_when_its_own_waker_fires() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(tokio::sync::Notify::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut gate = Gate::new();
+        let mut gated = std::pin::pin!(gate.run(clock(polls.clone(), open.clone())));
+        let mut others = 0;
+        // The task wakes 50 times for something else (as for each chunk):
+        // the inner future is polled once, to register its waker.
+        for _ in 0..50 {
+            tx.send(()).unwrap();
+            let r = std::future::poll_fn(|cx| {
+                if let Poll::Ready(v) = gated.as_mut().poll(cx) {
+                    return Poll::Ready(Some(v));
+                }
+                match rx.poll_recv(cx) {
+                    Poll::Ready(_) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            assert!(r.is_none());
+            others += 1;
+        }
+        assert_eq!(others, 50);
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        // Its own waker fires (from another thread): it is polled and ends.
+        let o = open.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            o.notify_one();
+        });
+        let v = tokio::time::timeout(Duration::from_secs(5), gated.as_mut())
+            .await
+            .expect("the gate passes the inner wake on");
+        assert_eq!(v, "fired");
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 }
