@@ -139,6 +139,18 @@ struct Backend {
     addr: SocketAddr,
     accepted: AtomicUsize,
     open: AtomicUsize,
+    /// Sockets whose end has been seen, closed only by `release` between
+    /// measurements (see `release`).
+    ended: std::sync::Mutex<Vec<TcpStream>>,
+}
+
+impl Backend {
+    /// Close the sockets held since their end was seen. The benchmark shares
+    /// the cores with jitgate: closing 9,500 sockets inside a measured
+    /// window would time the benchmark's own teardown too.
+    fn release(&self) {
+        self.ended.lock().unwrap().clear();
+    }
 }
 
 async fn start_backend() -> Result<Arc<Backend>> {
@@ -149,6 +161,7 @@ async fn start_backend() -> Result<Arc<Backend>> {
         addr: listener.local_addr()?,
         accepted: AtomicUsize::new(0),
         open: AtomicUsize::new(0),
+        ended: std::sync::Mutex::new(Vec::new()),
     });
     let b = be.clone();
     tokio::spawn(async move {
@@ -176,7 +189,7 @@ async fn start_backend() -> Result<Arc<Backend>> {
                         }
                     }
                 }
-                drop(s);
+                b.ended.lock().unwrap().push(s);
                 b.open.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -667,12 +680,17 @@ async fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> 
     Ok(())
 }
 
-/// Wait until jitgate reports no live sessions and the backend holds none.
+/// Wait until jitgate reports no live sessions and the backend holds none,
+/// closing the backend's ended sockets meanwhile.
 async fn wait_drained(api: &mut ApiConn, backend: &Backend) -> Result<()> {
     let t0 = Instant::now();
     loop {
+        // A session the client closed is half-closed (tcp resources pass
+        // the FIN on): it ends when the backend closes its end too.
+        backend.release();
         let live = api.metrics().await?.sum("jitgate_sessions_active", &[]);
         if live == 0.0 && backend.open.load(Ordering::SeqCst) == 0 {
+            backend.release();
             return Ok(());
         }
         ensure!(
@@ -910,6 +928,7 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
     }
     let m = ended(&mut api, RES_IDLE, "revoked", r).await?;
     let revoke_server = m.histogram(LAG).since(&lag0);
+    backend.release();
     let revoke_one = summary(&mut eof_ms);
     let revoke_http = summary(&mut http_ms);
 
@@ -941,7 +960,9 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
         .map(|mut c| {
             tokio::spawn(async move {
                 let r = read_end(&mut c).await;
-                (r, Instant::now())
+                // The socket is handed back, to be closed after the
+                // measurement (see Backend::release).
+                (r, Instant::now(), c)
             })
         })
         .collect();
@@ -960,16 +981,20 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
     // revoke listed them (see benches/README.md); the clients are checked.
     let wide_reported = v["sessions_closed"].as_u64().unwrap_or(0);
     let mut last = t;
+    let mut seen_end = Vec::with_capacity(n);
     for h in readers {
-        let (r, at) = tokio::time::timeout(Duration::from_secs(30), h)
+        let (r, at, c) = tokio::time::timeout(Duration::from_secs(30), h)
             .await
             .context("a client never saw the end")??;
         r?;
         last = last.max(at);
+        seen_end.push(c);
     }
     let revoke_all_ms = ms(last - t);
     let m = ended(&mut api, RES_WIDE, "revoked", n).await?;
     let revoke_all_server = m.histogram(LAG).since(&lag0);
+    drop(seen_end);
+    backend.release();
     wait_drained(&mut api, backend).await?;
 
     // 3. expiry
@@ -1018,20 +1043,24 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
         .map(|(mut c, deadline)| {
             tokio::spawn(async move {
                 let r = read_end(&mut c).await;
-                (r, diff_ms(SystemTime::now(), deadline))
+                (r, diff_ms(SystemTime::now(), deadline), c)
             })
         })
         .collect();
     let mut late = Vec::with_capacity(n);
+    let mut seen_end = Vec::with_capacity(n);
     for h in readers {
-        let (r, l) = tokio::time::timeout(margin + s.spread + Duration::from_secs(30), h)
+        let (r, l, c) = tokio::time::timeout(margin + s.spread + Duration::from_secs(30), h)
             .await
             .context("a session outlived its deadline")??;
         r?;
         late.push(l);
+        seen_end.push(c);
     }
     let m = ended(&mut api, RES_EXPIRY, "expired", n).await?;
     let expiry_server = m.histogram(LAG).since(&lag0);
+    drop(seen_end);
+    backend.release();
     let expiry_late = summary(&mut late);
 
     let out = json!({
