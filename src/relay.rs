@@ -25,9 +25,12 @@
 //! session, since the kill switch is a branch of the same `select!`.
 //!
 //! Invariants: one `select!` drives both directions, the enforcement clock
-//! and the kill switch, and every branch is a single cancel-safe read or
-//! write whose progress lives in the relay's state, so a slow reader on
-//! either side never delays a kill. A buffer is read into only when it has
+//! and the kill switch. A direction's branch runs cancel-safe reads and
+//! writes whose progress lives in the relay's state, one after another
+//! until it would block or the clock's waker fires (then the `select!`
+//! polls the clock before anything more is relayed), so a slow reader on
+//! either side never delays a kill, and a fast stream delays it by at most
+//! one step. A buffer is read into only when it has
 //! been fully written, so memory per session is bounded (two buffers). On a
 //! plaintext leg the buffer is taken from [`crate::bufpool`] only for a
 //! read and handed back when the socket has nothing more to read, so an
@@ -533,6 +536,13 @@ struct GateWaker {
     task: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
+impl GateWaker {
+    /// Whether the gated future's waker fired since it was last polled.
+    fn fired(&self) -> bool {
+        self.woken.load(Ordering::Relaxed)
+    }
+}
+
 impl std::task::Wake for GateWaker {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
@@ -666,6 +676,8 @@ pub async fn run<W: Wire>(
     let session = p.session.clone();
     let mut enforcer = Enforcer::new(session.clone(), p.idle, &p.warnings);
     let mut gate = Gate::new();
+    // The directions stop at the next step once the clock's waker fired.
+    let clock = gate.shared.clone();
     let (bytes_up, bytes_down) = crate::metrics::byte_counters(&session.resource);
     let mut up = Up {
         buf: Vec::new(),
@@ -746,7 +758,7 @@ pub async fn run<W: Wire>(
                     // step comes back here, so the timer branch sees its end.
                     loop {
                         let s = up_step(&mut up, &wire_ref, &mut client_r, &mut backend_w, &session, &bytes_up).await;
-                        if in_handshake || !matches!(s, Step::Moved) {
+                        if in_handshake || !matches!(s, Step::Moved) || clock.fired() {
                             break s;
                         }
                     }
@@ -775,7 +787,7 @@ pub async fn run<W: Wire>(
                 s = async {
                     loop {
                         let s = down_step(&mut st, &wire_ref, &mut backend_r, &mut client_w, &session, &bytes_down).await;
-                        if in_handshake || !matches!(s, Step::Moved) {
+                        if in_handshake || !matches!(s, Step::Moved) || clock.fired() {
                             break s;
                         }
                     }

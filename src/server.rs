@@ -72,6 +72,9 @@ impl Running {
             .is_err()
         {
             tracing::warn!("some connections did not close within the shutdown grace");
+            // Their tasks are dropped with the worker threads' runtimes,
+            // which closes their sockets.
+            self.gateway.workers.stop();
         }
         // Journal records are fsynced as they are written; the audit log is
         // flushed here so a clean stop loses nothing even on power loss.

@@ -29,7 +29,7 @@ pub struct Workers {
     /// Where the search for the least-loaded worker starts (rotates, so
     /// ties spread evenly).
     next: AtomicUsize,
-    stop: Option<tokio::sync::watch::Sender<bool>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 struct Worker {
@@ -55,21 +55,39 @@ impl Workers {
             n
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let mut workers = Vec::with_capacity(n);
+        // Dropping `Workers` (also on an error below) stops the threads
+        // already started.
+        let mut started = Workers {
+            workers: Vec::with_capacity(n),
+            next: AtomicUsize::new(0),
+            stop,
+        };
         for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name(format!("jitgate-blk-{i}"))
-                .build()?;
-            let handle = rt.handle().clone();
             let mut stop_rx = stop_rx.clone();
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            // The runtime is built, run and dropped on its own thread: never
+            // dropped by the caller, which may be inside a runtime.
             std::thread::Builder::new()
                 .name(format!("jitgate-worker-{i}"))
                 .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .thread_name(format!("jitgate-blk-{i}"))
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    if tx.send(Ok(rt.handle().clone())).is_err() {
+                        return;
+                    }
                     rt.block_on(async move {
-                        // Ends when `Workers` is dropped (the sender goes).
-                        while stop_rx.changed().await.is_ok() {
-                            if *stop_rx.borrow() {
+                        // Ends on `stop`, or when `Workers` is dropped.
+                        while !*stop_rx.borrow_and_update() {
+                            if stop_rx.changed().await.is_err() {
                                 break;
                             }
                         }
@@ -78,16 +96,21 @@ impl Workers {
                     // the tasks still on it.
                     drop(rt);
                 })?;
-            workers.push(Worker {
+            let handle = rx
+                .recv()
+                .map_err(|_| std::io::Error::other("a worker thread ended at start"))??;
+            started.workers.push(Worker {
                 handle,
                 live: Arc::new(AtomicUsize::new(0)),
             });
         }
-        Ok(Workers {
-            workers,
-            next: AtomicUsize::new(0),
-            stop: Some(stop),
-        })
+        Ok(started)
+    }
+
+    /// Stop the threads: tasks still on them are dropped, which closes
+    /// their sockets. Used when shutdown's grace period is over.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
     }
 
     /// How many worker threads there are.
@@ -153,9 +176,7 @@ impl std::fmt::Debug for Workers {
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(true);
-        }
+        self.stop();
     }
 }
 

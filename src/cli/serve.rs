@@ -51,6 +51,7 @@ pub fn run(config_path: &Path, format: LogFormat) -> anyhow::Result<ExitCode> {
     // Accept loops, the admin API and the clocks; connections run on the
     // worker threads (crate::workers).
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .thread_name("jitgate-main")
         .enable_all()
         .build()?;
