@@ -539,6 +539,20 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_defaults_to_one_per_core_and_is_bounded() {
+        let c = parse_str("", "x.toml").unwrap();
+        assert_eq!(c.gateway.worker_threads, 0);
+        let c = parse_str("[gateway]\nworker_threads = 3\n", "x.toml").unwrap();
+        assert_eq!(c.gateway.worker_threads, 3);
+        let e = parse_str("[gateway]\nworker_threads = 5000\n", "x.toml").unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|e| e.message.contains("worker_threads must be at most 1024")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_an_error_with_position() {
         let src = "[gateway]\nstate_dir = \"x\"\nhandshake_timeuot = \"5s\"\n";
         let e = parse_str(src, "bad.toml").unwrap_err();
