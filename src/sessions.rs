@@ -11,6 +11,7 @@
 //!   any exit path, removes the entry, updates the gauges and wakes whoever
 //!   waits for the sockets to be closed.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -168,6 +169,10 @@ pub struct NewSession {
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
     by_id: DashMap<SessionId, Arc<Session>>,
+    /// The same sessions by grant, so that a revoke lists a grant's
+    /// sessions without walking every live session (it lists them before
+    /// it cuts them, so a walk would delay every cut by the registry's size).
+    by_grant: DashMap<GrantId, HashMap<SessionId, Arc<Session>>>,
 }
 
 impl SessionRegistry {
@@ -201,6 +206,10 @@ impl SessionRegistry {
             closed: CancellationToken::new(),
         });
         self.by_id.insert(session.id, session.clone());
+        self.by_grant
+            .entry(session.grant.id)
+            .or_default()
+            .insert(session.id, session.clone());
         m::session_opened(&session.resource);
         SessionGuard {
             registry: self.clone(),
@@ -231,11 +240,10 @@ impl SessionRegistry {
 
     /// Live sessions on one grant.
     pub fn on_grant(&self, grant: &GrantId) -> Vec<Arc<Session>> {
-        self.by_id
-            .iter()
-            .filter(|e| e.value().grant.id == *grant)
-            .map(|e| e.value().clone())
-            .collect()
+        self.by_grant
+            .get(grant)
+            .map(|e| e.value().values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Number of live sessions.
@@ -278,6 +286,13 @@ impl SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.registry.by_id.remove(&self.session.id);
+        let grant = self.session.grant.id;
+        if let Some(mut on_grant) = self.registry.by_grant.get_mut(&grant) {
+            on_grant.remove(&self.session.id);
+        }
+        self.registry
+            .by_grant
+            .remove_if(&grant, |_, on_grant| on_grant.is_empty());
         m::session_closed(&self.session.resource);
         self.session.closed.cancel();
     }
@@ -337,6 +352,29 @@ mod tests {
         drop(guard);
         assert_eq!(waiter.await.unwrap(), 1);
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_grant_lists_its_own_sessions_and_forgets_closed_ones() {
+        let t = GrantTable::new(CancellationToken::new());
+        let reg = Arc::new(SessionRegistry::new());
+        let (a, b) = (grant(&t), grant(&t));
+        let a1 = reg.register(new_session(&a));
+        let a2 = reg.register(new_session(&a));
+        let b1 = reg.register(new_session(&b));
+        let mut on_a: Vec<_> = reg.on_grant(&a.id).iter().map(|s| s.id).collect();
+        on_a.sort();
+        let mut want = vec![a1.session().id, a2.session().id];
+        want.sort();
+        assert_eq!(on_a, want);
+        assert_eq!(reg.on_grant(&b.id)[0].id, b1.session().id);
+        drop(a1);
+        assert_eq!(reg.on_grant(&a.id)[0].id, a2.session().id);
+        drop(a2);
+        drop(b1);
+        assert!(reg.on_grant(&a.id).is_empty() && reg.on_grant(&b.id).is_empty());
+        // No empty per-grant entry is left behind for every grant ever used.
+        assert!(reg.by_grant.is_empty() && reg.is_empty());
     }
 
     #[test]
