@@ -58,6 +58,10 @@ use crate::sessions::Session;
 /// message boundary, writing the farewell and running the end action.
 pub const FINISH_BUDGET: Duration = Duration::from_secs(1);
 
+/// Longest an enforced end's teardown (closing the sockets, after the
+/// client has been told) waits for its worker to run out of other work.
+pub const CLOSE_DEFER: Duration = Duration::from_millis(250);
+
 /// Largest amount of handshake bytes held while a whole message arrives.
 const MAX_HANDSHAKE_BUFFER: usize = 256 * 1024;
 
@@ -857,6 +861,14 @@ pub async fn run<W: Wire>(
         let _ = tokio::time::timeout(FINISH_BUDGET, finish_client).await;
     } else {
         let _ = tokio::time::timeout(FINISH_BUDGET, client.shutdown()).await;
+    }
+    if reason.is_enforced() {
+        // The client has been told and its stream ended; tearing down the
+        // rest (closing both sockets, which sends the backend its FIN, then
+        // the session's audit record) waits until this worker has nothing
+        // else ready, at most CLOSE_DEFER: a revoke or expiry that ends
+        // thousands of sessions at once tells every client first.
+        let _ = tokio::time::timeout(CLOSE_DEFER, crate::workers::idle()).await;
     }
     drop(backend);
     drop(client);

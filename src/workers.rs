@@ -14,13 +14,118 @@
 //! docs/performance.md). A worker per core also keeps a session's wakeups
 //! on one thread: no work stealing, no cross-thread wakeups on the data path.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
+
+thread_local! {
+    /// Tasks waiting for this worker to run out of ready work ([`idle`]);
+    /// `None` on threads that are not workers.
+    static IDLE: RefCell<Option<IdleWaiters>> = const { RefCell::new(None) };
+}
+
+#[derive(Default)]
+struct IdleWaiters {
+    /// Bumped each time the waiters are released.
+    round: u64,
+    /// The key the next waiter gets.
+    next: u64,
+    /// Waiting now, by key. A waiter dropped before it is released (its
+    /// caller's time limit passed) removes itself, so this holds only
+    /// futures that are still waiting, however long the worker stays busy.
+    waiting: HashMap<u64, Waker>,
+}
+
+/// Completes once this worker has no other ready task (just before it
+/// would wait for I/O or a timer), or at once on a thread that is not a
+/// worker. Work that must happen but that nobody waits for (closing the
+/// sockets of a session whose client has been told) goes behind every
+/// ready task: when a revoke or an expiry wakes thousands of sessions on a
+/// worker at once, each client is told before any of them is torn down.
+///
+/// Nothing bounds the wait but the worker's load: callers add their own
+/// limit (a worker under constant load may never run out of work).
+pub fn idle() -> impl Future<Output = ()> {
+    Idle { key: None }
+}
+
+struct Idle {
+    /// The round and key this future registered under.
+    key: Option<(u64, u64)>,
+}
+
+impl Future for Idle {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let key = self.key;
+        // A replaced waker is dropped after the borrow ends: dropping a
+        // waker may free a task, whose own `Idle` then borrows again.
+        let mut replaced = None;
+        let registered = IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let w = idle.as_mut()?;
+            let key = match key {
+                Some((round, _)) if round != w.round => return None,
+                Some(key) => key,
+                None => {
+                    let k = w.next;
+                    w.next = w.next.wrapping_add(1);
+                    (w.round, k)
+                }
+            };
+            replaced = w.waiting.insert(key.1, cx.waker().clone());
+            Some(key)
+        });
+        drop(replaced);
+        self.key = registered;
+        match registered {
+            Some(_) => Poll::Pending,
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        if let Some((_, k)) = self.key {
+            // `try_with`: a task dropped while the thread exits finds the
+            // thread-local gone, and there is nothing left to remove.
+            let removed = IDLE.try_with(|idle| {
+                idle.borrow_mut()
+                    .as_mut()
+                    .and_then(|w| w.waiting.remove(&k))
+            });
+            drop(removed);
+        }
+    }
+}
+
+/// The worker runtime's park hook: wake every [`idle`] waiter (tokio then
+/// runs them instead of parking).
+fn release_idle_waiters() {
+    let waiting = IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let w = idle.as_mut()?;
+        if w.waiting.is_empty() {
+            return None;
+        }
+        w.round = w.round.wrapping_add(1);
+        Some(std::mem::take(&mut w.waiting))
+    });
+    // Woken with the thread-local released: a wake only schedules.
+    for (_, waker) in waiting.into_iter().flatten() {
+        waker.wake();
+    }
+}
 
 /// The worker threads. Dropping this stops them (tasks still on them are
 /// dropped, which closes their sockets).
@@ -70,8 +175,10 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("jitgate-worker-{i}"))
                 .spawn(move || {
+                    IDLE.with(|idle| *idle.borrow_mut() = Some(IdleWaiters::default()));
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
+                        .on_thread_park(release_idle_waiters)
                         .thread_name(format!("jitgate-blk-{i}"))
                         .build()
                     {
@@ -247,5 +354,50 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), tracker.wait())
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_the_worker_to_run_out_of_ready_tasks() {
+        // Off the workers it completes at once.
+        tokio::time::timeout(Duration::from_secs(5), idle())
+            .await
+            .unwrap();
+        let workers = Workers::start(1).unwrap();
+        let handle = workers.workers[0].handle.clone();
+        let busy_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done = busy_done.clone();
+        handle.spawn(async move {
+            // Keeps a task ready on the worker for 200 ms.
+            let busy = tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                while start.elapsed() < Duration::from_millis(200) {
+                    tokio::task::yield_now().await;
+                }
+                done.store(true, Ordering::SeqCst);
+            });
+            // A waiter whose limit passes while the worker is busy leaves
+            // nothing registered behind it.
+            let gave_up = tokio::time::timeout(Duration::from_millis(20), idle())
+                .await
+                .is_err();
+            let left = IDLE.with(|i| i.borrow().as_ref().map(|w| w.waiting.len()));
+            let busy_after_timeout = !busy.is_finished();
+            idle().await;
+            let _ = tx.send((gave_up, left, busy_after_timeout, busy.is_finished()));
+        });
+        let (gave_up, left, busy_after_timeout, finished) =
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(
+            busy_after_timeout,
+            "the busy task ended too soon to show anything"
+        );
+        assert!(gave_up, "the worker was idle while a task was ready");
+        assert_eq!(left, Some(0));
+        // Released only once nothing else was ready: the busy task is done.
+        assert!(busy_done.load(Ordering::SeqCst) && finished);
     }
 }
