@@ -59,7 +59,8 @@ use crate::sessions::Session;
 pub const FINISH_BUDGET: Duration = Duration::from_secs(1);
 
 /// Longest an enforced end's teardown (closing the sockets, after the
-/// client has been told) waits for its worker to run out of other work.
+/// client has been told) waits behind the other sessions ended in the same
+/// wave ([`crate::workers::after_others`]).
 pub const CLOSE_DEFER: Duration = Duration::from_millis(250);
 
 /// Largest amount of handshake bytes held while a whole message arrives.
@@ -663,8 +664,10 @@ async fn read_lazy(
 
 /// Relay until the session ends; returns why and when the cause happened.
 /// On an enforced end the client is told why at a message boundary (where
-/// the wire has a farewell), the wire's end action runs, and both sockets
-/// are closed, all within [`FINISH_BUDGET`]. When the backend failed
+/// the wire has a farewell), the wire's end action runs and the client's
+/// stream is ended, all within [`FINISH_BUDGET`]; both sockets are closed
+/// then, or within [`CLOSE_DEFER`] more when many sessions on this worker
+/// ended at once (the others' clients are told first). When the backend failed
 /// (reset, write error, protocol violation) the client is told too, if the
 /// messages already received leave it at a boundary; an orderly close by
 /// the backend (end of stream) is passed on as a close, since a server that
@@ -863,12 +866,12 @@ pub async fn run<W: Wire>(
         let _ = tokio::time::timeout(FINISH_BUDGET, client.shutdown()).await;
     }
     if reason.is_enforced() {
-        // The client has been told and its stream ended; tearing down the
-        // rest (closing both sockets, which sends the backend its FIN, then
-        // the session's audit record) waits until this worker has nothing
-        // else ready, at most CLOSE_DEFER: a revoke or expiry that ends
-        // thousands of sessions at once tells every client first.
-        let _ = tokio::time::timeout(CLOSE_DEFER, crate::workers::idle()).await;
+        // The client has been told and its stream ended. When a revoke
+        // woke many sessions on this worker at once, the teardown (closing
+        // both sockets, which sends the backend its FIN; then the caller's
+        // audit record) waits behind the others' farewells, at most
+        // CLOSE_DEFER; a lone end is torn down at once.
+        crate::workers::after_others(CLOSE_DEFER).await;
     }
     drop(backend);
     drop(client);

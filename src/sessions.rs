@@ -286,13 +286,13 @@ impl SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.registry.by_id.remove(&self.session.id);
-        let grant = self.session.grant.id;
-        if let Some(mut on_grant) = self.registry.by_grant.get_mut(&grant) {
-            on_grant.remove(&self.session.id);
-        }
+        let id = self.session.id;
         self.registry
             .by_grant
-            .remove_if(&grant, |_, on_grant| on_grant.is_empty());
+            .remove_if_mut(&self.session.grant.id, |_, on_grant| {
+                on_grant.remove(&id);
+                on_grant.is_empty()
+            });
         m::session_closed(&self.session.resource);
         self.session.closed.cancel();
     }

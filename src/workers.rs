@@ -44,17 +44,31 @@ struct IdleWaiters {
     waiting: HashMap<u64, Waker>,
 }
 
-/// Completes once this worker has no other ready task (just before it
-/// would wait for I/O or a timer), or at once on a thread that is not a
-/// worker. Work that must happen but that nobody waits for (closing the
-/// sockets of a session whose client has been told) goes behind every
-/// ready task: when a revoke or an expiry wakes thousands of sessions on a
-/// worker at once, each client is told before any of them is torn down.
-///
-/// Nothing bounds the wait but the worker's load: callers add their own
-/// limit (a worker under constant load may never run out of work).
+/// Completes once this worker has no task ready to run (its run queue is
+/// empty and it is about to wait for I/O or a timer), or at once on a thread
+/// that is not a worker. Nothing bounds the wait but the worker's load.
 pub fn idle() -> impl Future<Output = ()> {
     Idle { key: None }
+}
+
+/// Work that must happen but that nobody waits for (tearing down a session
+/// whose client has been told) goes behind the other sessions woken in the
+/// same wave: if tasks woken from outside this worker wait in its queue (a
+/// revoke or a grant's expiry wakes every session on the grant from the main
+/// runtime), or others already wait here, this waits until the worker has no
+/// task ready ([`idle`]), at most `limit`. Otherwise, or off the workers, it
+/// returns at once: a single kill is torn down straight away, busy worker or
+/// not.
+pub async fn after_others(limit: std::time::Duration) {
+    let deferring = IDLE.with(|idle| idle.borrow().as_ref().map(|w| !w.waiting.is_empty()));
+    let wave = match deferring {
+        None => false,
+        Some(true) => true,
+        Some(false) => Handle::try_current().is_ok_and(|h| h.metrics().global_queue_depth() > 0),
+    };
+    if wave {
+        let _ = tokio::time::timeout(limit, idle()).await;
+    }
 }
 
 struct Idle {
@@ -399,5 +413,57 @@ mod tests {
         assert_eq!(left, Some(0));
         // Released only once nothing else was ready: the busy task is done.
         assert!(busy_done.load(Ordering::SeqCst) && finished);
+    }
+
+    #[tokio::test]
+    async fn after_others_waits_only_behind_tasks_woken_from_outside() {
+        // Off the workers it returns at once.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            after_others(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+        let workers = Workers::start(1).unwrap();
+        let handle = workers.workers[0].handle.clone();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (spawned_tx, spawned_rx) = std::sync::mpsc::channel::<()>();
+        let h = handle.clone();
+        let r = ran.clone();
+        handle.spawn(async move {
+            // A busy worker, but nothing woken from outside: no wait (it
+            // would last until the busy task ends, or the limit).
+            let busy = tokio::spawn(async {
+                let start = std::time::Instant::now();
+                while start.elapsed() < Duration::from_secs(2) {
+                    tokio::task::yield_now().await;
+                }
+            });
+            tokio::task::yield_now().await;
+            after_others(Duration::from_secs(60)).await;
+            let alone = !busy.is_finished();
+            // Ten tasks are woken from another thread while this one holds
+            // the worker; they wait in its queue.
+            hold_tx.send(()).unwrap();
+            spawned_rx.recv().unwrap();
+            after_others(Duration::from_secs(60)).await;
+            let _ = tx.send((alone, r.load(Ordering::SeqCst)));
+        });
+        hold_rx.recv().unwrap();
+        for _ in 0..10 {
+            let r = ran.clone();
+            h.spawn(async move {
+                r.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        spawned_tx.send(()).unwrap();
+        let (alone, ran_before) = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(alone, "a lone end waited for the busy worker");
+        assert_eq!(ran_before, 10, "returned before the queued tasks ran");
     }
 }
