@@ -120,8 +120,11 @@ impl Gateway {
         })?;
         let (journal, replay) = Journal::open(&dir)?;
         let tracker = TaskTracker::new();
-        let workers = crate::workers::Workers::start(config.gateway.worker_threads)
-            .map_err(OpenError::Workers)?;
+        let workers = crate::workers::Workers::start(
+            config.gateway.worker_threads,
+            config.gateway.busy_poll.0,
+        )
+        .map_err(OpenError::Workers)?;
         let notifier = Notifier::start(&config.notify, &tracker, &shutdown);
         let limits = crate::limits::Limits::new(&config.gateway);
         let gw = Gateway {

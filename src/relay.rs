@@ -765,6 +765,9 @@ pub async fn run<W: Wire>(
                     // step comes back here, so the timer branch sees its end.
                     loop {
                         let s = up_step(&mut up, &wire_ref, &mut client_r, &mut backend_w, &session, &bytes_up).await;
+                        if matches!(s, Step::Moved) {
+                            crate::workers::moved();
+                        }
                         if in_handshake || !matches!(s, Step::Moved) || clock.fired() {
                             break s;
                         }
@@ -794,6 +797,9 @@ pub async fn run<W: Wire>(
                 s = async {
                     loop {
                         let s = down_step(&mut st, &wire_ref, &mut backend_r, &mut client_w, &session, &bytes_down).await;
+                        if matches!(s, Step::Moved) {
+                            crate::workers::moved();
+                        }
                         if in_handshake || !matches!(s, Step::Moved) || clock.fired() {
                             break s;
                         }

@@ -18,8 +18,8 @@
 //! - unchanged resources and their sessions are untouched.
 //!
 //! `state_dir`, `admin_listen`, `admin_max_connections`, `worker_threads`,
-//! `metrics_listen` and `[[notify]]` changes
-//! need a restart; a reload logs that they were not applied.
+//! `busy_poll`, `metrics_listen` and `[[notify]]` changes need a restart; a
+//! reload logs that they were not applied.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -278,6 +278,10 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
         (
             "gateway.worker_threads",
             old.gateway.worker_threads != new.gateway.worker_threads,
+        ),
+        (
+            "gateway.busy_poll",
+            old.gateway.busy_poll != new.gateway.busy_poll,
         ),
         (
             "gateway.metrics_listen",

@@ -14,7 +14,7 @@
 //! docs/performance.md). A worker per core also keeps a session's wakeups
 //! on one thread: no work stealing, no cross-thread wakeups on the data path.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -141,6 +141,66 @@ fn release_idle_waiters() {
     }
 }
 
+thread_local! {
+    /// Relay steps that moved bytes on this worker.
+    static STEPS: Cell<u64> = const { Cell::new(0) };
+    /// The busy poller, waiting for the next step ([`busy_poll`]).
+    static POLLER: RefCell<Option<Waker>> = const { RefCell::new(None) };
+    /// Turns the busy poller has spun (for tests and profiles).
+    static SPINS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A relay step moved bytes: with busy polling on, wakes this worker's
+/// poller if it waits. Off, or off the workers, a counter bump.
+pub fn moved() {
+    STEPS.with(|s| s.set(s.get().wrapping_add(1)));
+    let poller = POLLER.with(|p| p.borrow_mut().take());
+    if let Some(w) = poller {
+        w.wake();
+    }
+}
+
+/// Busy polling (`gateway.busy_poll`), one task per worker. After a relay
+/// step moved bytes it keeps the worker polling for `window` more: each
+/// turn offers the core to any other runnable thread (`sched_yield`) and
+/// then yields to tokio, which polls epoll without blocking (tokio's
+/// `yield_now` defers the task until the driver has been polled). The
+/// answer to a query forwarded a moment ago is then picked up without the
+/// worker sleeping in epoll and the kernel waking it, which on a virtual
+/// machine costs tens of microseconds. It stops after `window` without a
+/// step and waits for the next one. It also keeps the worker from parking
+/// while it spins, so teardowns waiting on [`idle`] wait until it stops.
+async fn busy_poll(window: std::time::Duration) {
+    let mut seen = STEPS.with(Cell::get);
+    loop {
+        std::future::poll_fn(|cx| {
+            let now = STEPS.with(Cell::get);
+            if now == seen {
+                let waker = cx.waker().clone();
+                // The replaced waker is this task's own: dropping it frees nothing.
+                let _old = POLLER.with(|p| p.borrow_mut().replace(waker));
+                return Poll::Pending;
+            }
+            seen = now;
+            Poll::Ready(())
+        })
+        .await;
+        let mut since = std::time::Instant::now();
+        loop {
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+            SPINS.with(|s| s.set(s.get().wrapping_add(1)));
+            let now = STEPS.with(Cell::get);
+            if now != seen {
+                seen = now;
+                since = std::time::Instant::now();
+            } else if since.elapsed() >= window {
+                break;
+            }
+        }
+    }
+}
+
 /// The worker threads. Dropping this stops them (tasks still on them are
 /// dropped, which closes their sockets).
 pub struct Workers {
@@ -166,8 +226,9 @@ impl Drop for Live {
 }
 
 impl Workers {
-    /// Start `n` worker threads (`0`: one per available core).
-    pub fn start(n: usize) -> std::io::Result<Workers> {
+    /// Start `n` worker threads (`0`: one per available core), each busy
+    /// polling for `busy` after a step (zero: off).
+    pub fn start(n: usize, busy: std::time::Duration) -> std::io::Result<Workers> {
         let n = if n == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -206,6 +267,9 @@ impl Workers {
                         return;
                     }
                     rt.block_on(async move {
+                        if !busy.is_zero() {
+                            tokio::spawn(busy_poll(busy));
+                        }
                         // Ends on `stop`, or when `Workers` is dropped.
                         while !*stop_rx.borrow_and_update() {
                             if stop_rx.changed().await.is_err() {
@@ -316,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_spread_over_the_workers_and_end_when_they_stop() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, Duration::ZERO).unwrap();
         assert_eq!(workers.len(), 2);
         let tracker = TaskTracker::new();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -376,7 +440,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), idle())
             .await
             .unwrap();
-        let workers = Workers::start(1).unwrap();
+        let workers = Workers::start(1, Duration::ZERO).unwrap();
         let handle = workers.workers[0].handle.clone();
         let busy_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -424,7 +488,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let workers = Workers::start(1).unwrap();
+        let workers = Workers::start(1, Duration::ZERO).unwrap();
         let handle = workers.workers[0].handle.clone();
         let ran = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -465,5 +529,37 @@ mod tests {
             .unwrap();
         assert!(alone, "a lone end waited for the busy worker");
         assert_eq!(ran_before, 10, "returned before the queued tasks ran");
+    }
+
+    #[tokio::test]
+    async fn busy_polling_spins_after_a_step_and_stops_after_its_window() {
+        async fn spins_around_a_step(busy: Duration) -> (u64, u64, u64) {
+            let workers = Workers::start(1, busy).unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            workers.workers[0].handle.spawn(async move {
+                let spins = || SPINS.with(Cell::get);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let before = spins();
+                moved();
+                // Sleeping lets the poller run (it yields to this timer too).
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let during = spins();
+                // Well past the window: it has stopped.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let after = spins();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tx.send((before, during - before, spins() - after));
+            });
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+        let (before, during, later) = spins_around_a_step(Duration::from_millis(20)).await;
+        assert_eq!(before, 0, "it spun before any step");
+        assert!(during > 0, "no spin after a step");
+        assert_eq!(later, 0, "it kept spinning past its window");
+        let (_, during, _) = spins_around_a_step(Duration::ZERO).await;
+        assert_eq!(during, 0, "off, yet it spun");
     }
 }

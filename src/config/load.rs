@@ -147,6 +147,12 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
             "gateway.worker_threads must be at most 1024 (0 = one per CPU core)".into(),
         );
     }
+    if g.busy_poll.0 > std::time::Duration::from_millis(10) {
+        errs.push(
+            0..0,
+            "gateway.busy_poll must be at most 10ms (0s = off)".into(),
+        );
+    }
     if g.admin_max_connections == 0 {
         errs.push(
             0..0,
@@ -536,6 +542,20 @@ mod tests {
         assert_eq!(c.gateway.handshake_timeout.0.as_secs(), 10);
         assert_eq!(c.gateway.expiry_warnings.len(), 2);
         assert!(c.resources.is_empty());
+    }
+
+    #[test]
+    fn busy_poll_is_off_by_default_and_bounded() {
+        let c = parse_str("", "x.toml").unwrap();
+        assert!(c.gateway.busy_poll.0.is_zero());
+        let c = parse_str("[gateway]\nbusy_poll = \"50us\"\n", "x.toml").unwrap();
+        assert_eq!(c.gateway.busy_poll.0, std::time::Duration::from_micros(50));
+        let e = parse_str("[gateway]\nbusy_poll = \"1s\"\n", "x.toml").unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|e| e.message.contains("busy_poll must be at most 10ms")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -130,6 +130,14 @@ pub struct GatewayConfig {
     /// connection stays on one for its whole life. `0` (the default): one
     /// per CPU core the process may use. Read at start.
     pub worker_threads: usize,
+    /// Busy polling: after a relay step moves bytes, a worker keeps polling
+    /// its sockets for this long (yielding the core to any other runnable
+    /// thread) instead of sleeping until the kernel wakes it. Cuts the
+    /// wake-up from each round trip at the price of CPU; for a host whose
+    /// cores jitgate does not share with busy neighbours (see
+    /// docs/operations.md). `0s` (the default) is off; at most `10ms`.
+    /// Read at start.
+    pub busy_poll: HumanDuration,
 }
 
 impl Default for GatewayConfig {
@@ -160,6 +168,7 @@ impl Default for GatewayConfig {
             admin_request_timeout: HumanDuration(Duration::from_secs(10)),
             admin_max_connections: crate::admin::MAX_ADMIN_CONNECTIONS,
             worker_threads: 0,
+            busy_poll: HumanDuration(Duration::ZERO),
         }
     }
 }
