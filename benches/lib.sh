@@ -28,6 +28,8 @@
 
 BENCH_TOKEN=${BENCH_TOKEN:-bench-admin-token}
 BENCH_RELAY_BUFFER=${BENCH_RELAY_BUFFER:-8192}
+# jitgate's busy_poll; empty = its default (off).
+BENCH_BUSY_POLL=${BENCH_BUSY_POLL:-}
 BENCH_IDLE_TIMEOUT=${BENCH_IDLE_TIMEOUT:-1h}
 BENCH_PIDS=()
 BENCH_HAPROXY_LISTENS=()
@@ -93,6 +95,7 @@ state_dir = "$BENCH_WORK/data"
 admin_listen = "$BENCH_ADMIN"
 expiry_warnings = []
 relay_buffer_size = $BENCH_RELAY_BUFFER
+${BENCH_BUSY_POLL:+busy_poll = \"$BENCH_BUSY_POLL\"}
 handshake_rate = 0
 ${2:-}
 TOML

@@ -45,6 +45,8 @@ MY_HA=16034
 ADMIN=127.0.0.1:18080
 # jitgate relay_buffer_size (default 8192, jitgate's own default).
 BENCH_RELAY_BUFFER=${RELAY_BUFFER:-$BENCH_RELAY_BUFFER}
+# jitgate busy_poll (default: jitgate's own default, off).
+BENCH_BUSY_POLL=${BUSY_POLL:-$BENCH_BUSY_POLL}
 
 bench_init
 bench_ports_free "$PG_JG" "$PG_HA" "$MY_JG" "$MY_HA" "${ADMIN##*:}"
@@ -186,7 +188,7 @@ json.dump({
         "smoke": $([ "$SMOKE" = 1 ] && echo True || echo False),
         "duration_s": $DURATION, "rounds": $ROUNDS, "warmup_s": $WARMUP,
         "pg_scale": $PG_SCALE, "bulk_rows": $BULK_ROWS, "mysql_queries": $MY_QUERIES,
-        "jitgate_relay_buffer_size": $BENCH_RELAY_BUFFER, "jitgate_idle_timeout": "$BENCH_IDLE_TIMEOUT",
+        "jitgate_relay_buffer_size": $BENCH_RELAY_BUFFER, "jitgate_busy_poll": "${BENCH_BUSY_POLL:-off}", "jitgate_idle_timeout": "$BENCH_IDLE_TIMEOUT",
         "jitgate_commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo +dirty)",
         "haproxy": "$(haproxy -v | head -n1 | cut -d' ' -f3)",
     },
