@@ -32,12 +32,13 @@ thread_local! {
     static IDLE: RefCell<Option<IdleWaiters>> = const { RefCell::new(None) };
 }
 
+/// Keys of [`idle`] waiters.
+static NEXT_IDLE_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[derive(Default)]
 struct IdleWaiters {
     /// Bumped each time the waiters are released.
     round: u64,
-    /// The key the next waiter gets.
-    next: u64,
     /// Waiting now, by key. A waiter dropped before it is released (its
     /// caller's time limit passed) removes itself, so this holds only
     /// futures that are still waiting, however long the worker stays busy.
@@ -90,11 +91,10 @@ impl Future for Idle {
             let key = match key {
                 Some((round, _)) if round != w.round => return None,
                 Some(key) => key,
-                None => {
-                    let k = w.next;
-                    w.next = w.next.wrapping_add(1);
-                    (w.round, k)
-                }
+                // Unique across threads: a waiter dropped on another thread
+                // than its own (which a single-threaded runtime never does)
+                // could not remove someone else's entry.
+                None => (w.round, NEXT_IDLE_KEY.fetch_add(1, Ordering::Relaxed)),
             };
             replaced = w.waiting.insert(key.1, cx.waker().clone());
             Some(key)
