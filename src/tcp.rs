@@ -52,8 +52,8 @@ pub async fn handle(
         Err(e) => {
             tracing::warn!(resource = name, error = %e, "backend unreachable");
             m::connection(name, "tcp", Outcome::Error);
-            drop(admitted.guard);
             gw.on_session_ended(&session, &EndReason::Backend, None);
+            drop(admitted.guard);
             socket::close_refused(client).await;
             return;
         }
@@ -67,6 +67,6 @@ pub async fn handle(
         handshake_deadline: None,
     };
     let (reason, since) = relay::run(params, Opaque, client, backend).await;
-    drop(admitted.guard);
     gw.on_session_ended(&session, &reason, since);
+    drop(admitted.guard);
 }

@@ -98,6 +98,37 @@ async fn revoke_closes_both_sockets_before_the_api_answers() {
 }
 
 #[tokio::test]
+async fn revoking_a_grant_held_by_many_sessions_closes_every_socket_before_the_api_answers() {
+    // Enough sessions that the revoke wakes them as a wave on the workers
+    // (each one's teardown then waits behind the others' ends).
+    const N: usize = 200;
+    let (gw, backend, first, g, _) =
+        session_with_grant("tcp-revoke-many", Duration::from_secs(300), |_| {}).await;
+    let mut clients = vec![first];
+    for _ in 1..N {
+        clients.push(echo_session(&gw).await);
+    }
+    backend.wait_open(N, LIMIT).await;
+    let path = format!("/v1/grants/{g}?reason=done");
+    let (status, body) = gw.api("DELETE", &path, Some(ADMIN_TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sessions_closed"], N);
+    assert!(gw.running.gateway.sessions.is_empty());
+    for c in &mut clients {
+        let (rest, _) = read_until_closed(c, LIMIT).await;
+        assert!(rest.is_empty(), "nothing injected into an opaque stream");
+    }
+    backend.wait_open(0, Duration::from_secs(2)).await;
+    assert_eq!(
+        gw.metric(
+            "jitgate_sessions_closed_total",
+            &["tcp-revoke-many", "revoked"]
+        ),
+        N as f64
+    );
+}
+
+#[tokio::test]
 async fn kill_closes_both_sockets() {
     let (gw, backend, mut c, g, _) =
         session_with_grant("tcp-kill", Duration::from_secs(300), |_| {}).await;

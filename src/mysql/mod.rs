@@ -283,8 +283,8 @@ pub async fn handle(
                     send_err(&mut client, seq, code, Some(state), &e.client_text(&name)).await
                 }
             };
-            drop(admitted.guard);
             gw.on_session_ended(&session, &EndReason::Backend, None);
+            drop(admitted.guard);
             return;
         }
     };
@@ -316,11 +316,13 @@ pub async fn handle(
         cert_names,
     );
     let (reason, since) = relay::run(params, wire, client, leg.stream).await;
-    drop(admitted.guard);
     if let EndReason::LoginDenied { login } = &reason {
         audit_change_user_denied(&gw, &session, login);
     }
+    // Recorded before the guard goes: a revoke answers once every guard
+    // is dropped, and by then each session's end is in the audit log.
     gw.on_session_ended(&session, &reason, since);
+    drop(admitted.guard);
 }
 
 /// The client's side of the handshake: greeting out, first packet in, and

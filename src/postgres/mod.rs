@@ -189,8 +189,8 @@ pub async fn handle(
                 None,
             )
             .await;
-            drop(admitted.guard);
             gw.on_session_ended(&session, &EndReason::Backend, None);
+            drop(admitted.guard);
             return;
         }
     };
@@ -210,16 +210,16 @@ pub async fn handle(
     let mut out = BytesMut::new();
     pg::encode_startup(&forward, &mut out);
     if backend.write_all(&out).await.is_err() || backend.flush().await.is_err() {
-        drop(admitted.guard);
         gw.on_session_ended(&session, &EndReason::Backend, None);
+        drop(admitted.guard);
         return;
     }
     if msg.version.minor > 0 || !unrecognized.is_empty() {
         let mut npv = BytesMut::new();
         pg::encode_negotiate_protocol_version(0, &unrecognized, &mut npv);
         if client.write_all(&npv).await.is_err() {
-            drop(admitted.guard);
             gw.on_session_ended(&session, &EndReason::Client, None);
+            drop(admitted.guard);
             return;
         }
     }
@@ -239,8 +239,8 @@ pub async fn handle(
     };
     let wire = wire::PgWire::new(gw.cancel_keys.clone(), resource.backend().to_string());
     let (reason, since) = relay::run(params, wire, client, backend).await;
-    drop(admitted.guard);
     gw.on_session_ended(&session, &reason, since);
+    drop(admitted.guard);
 }
 
 /// Whether the TLS client certificate names `login` (CN or a SAN).

@@ -176,8 +176,8 @@ pub async fn handle(
     bytes_down.increment(down.len() as u64);
     if let Err(reason) = forwarded {
         m::connection(&name, "ssh", Outcome::Error);
-        drop(admitted.guard);
         gw.on_session_ended(&session, &reason, None);
+        drop(admitted.guard);
         return;
     }
     m::connection(&name, "ssh", Outcome::Accepted);
@@ -190,8 +190,8 @@ pub async fn handle(
         handshake_deadline: None,
     };
     let (reason, since) = relay::run(params, Opaque, client, backend).await;
-    drop(admitted.guard);
     gw.on_session_ended(&session, &reason, since);
+    drop(admitted.guard);
 }
 
 /// The client's version line, then the backend dialled and its version line.
