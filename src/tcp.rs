@@ -52,9 +52,9 @@ pub async fn handle(
         Err(e) => {
             tracing::warn!(resource = name, error = %e, "backend unreachable");
             m::connection(name, "tcp", Outcome::Error);
+            socket::close_refused(client).await;
             gw.on_session_ended(&session, &EndReason::Backend, None);
             drop(admitted.guard);
-            socket::close_refused(client).await;
             return;
         }
     };

@@ -148,11 +148,16 @@ thread_local! {
     static POLLER: RefCell<Option<Waker>> = const { RefCell::new(None) };
     /// Turns the busy poller has spun (for tests and profiles).
     static SPINS: Cell<u64> = const { Cell::new(0) };
+    /// Whether this worker busy polls.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
 }
 
 /// A relay step moved bytes: with busy polling on, wakes this worker's
-/// poller if it waits. Off, or off the workers, a counter bump.
+/// poller if it waits. Off, or off the workers, one thread-local read.
 pub fn moved() {
+    if !BUSY.with(Cell::get) {
+        return;
+    }
     STEPS.with(|s| s.set(s.get().wrapping_add(1)));
     let poller = POLLER.with(|p| p.borrow_mut().take());
     if let Some(w) = poller {
@@ -168,8 +173,8 @@ pub fn moved() {
 /// answer to a query forwarded a moment ago is then picked up without the
 /// worker sleeping in epoll and the kernel waking it, which on a virtual
 /// machine costs tens of microseconds. It stops after `window` without a
-/// step and waits for the next one. It also keeps the worker from parking
-/// while it spins, so teardowns waiting on [`idle`] wait until it stops.
+/// step and waits for the next one. While it spins the worker never parks,
+/// so it releases the [`idle`] waiters itself on each turn.
 async fn busy_poll(window: std::time::Duration) {
     let mut seen = STEPS.with(Cell::get);
     loop {
@@ -189,6 +194,10 @@ async fn busy_poll(window: std::time::Duration) {
         loop {
             std::thread::yield_now();
             tokio::task::yield_now().await;
+            // tokio runs this again once its queue is drained (or at its
+            // periodic I/O check), and while it spins the worker never
+            // parks: release the teardowns waiting on `idle` here instead.
+            release_idle_waiters();
             SPINS.with(|s| s.set(s.get().wrapping_add(1)));
             let now = STEPS.with(Cell::get);
             if now != seen {
@@ -268,6 +277,7 @@ impl Workers {
                     }
                     rt.block_on(async move {
                         if !busy.is_zero() {
+                            BUSY.with(|b| b.set(true));
                             tokio::spawn(busy_poll(busy));
                         }
                         // Ends on `stop`, or when `Workers` is dropped.
@@ -280,6 +290,7 @@ impl Workers {
                     // Dropping the runtime here, outside any task, drops
                     // the tasks still on it.
                     drop(rt);
+                    drop(POLLER.with(|p| p.borrow_mut().take()));
                 })?;
             let handle = rx
                 .recv()
@@ -533,7 +544,7 @@ mod tests {
 
     #[tokio::test]
     async fn busy_polling_spins_after_a_step_and_stops_after_its_window() {
-        async fn spins_around_a_step(busy: Duration) -> (u64, u64, u64) {
+        async fn spins_around_a_step(busy: Duration, wait: Duration) -> (u64, u64, u64) {
             let workers = Workers::start(1, busy).unwrap();
             let (tx, rx) = tokio::sync::oneshot::channel();
             workers.workers[0].handle.spawn(async move {
@@ -541,25 +552,37 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let before = spins();
                 moved();
-                // Sleeping lets the poller run (it yields to this timer too).
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                let during = spins();
-                // Well past the window: it has stopped.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let after = spins();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = tx.send((before, during - before, spins() - after));
+                // It spins after the step (waiting lets it run: it yields
+                // to the timer too)...
+                let deadline = std::time::Instant::now() + wait;
+                while spins() == before && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let during = spins() - before;
+                // ...and stops once its window passes with no step: two
+                // reads 100 ms apart agree.
+                let mut still = u64::MAX;
+                while std::time::Instant::now() < deadline + Duration::from_secs(5) {
+                    let a = spins();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if spins() == a {
+                        still = 0;
+                        break;
+                    }
+                }
+                let _ = tx.send((before, during, still));
             });
-            tokio::time::timeout(Duration::from_secs(10), rx)
+            tokio::time::timeout(Duration::from_secs(20), rx)
                 .await
                 .unwrap()
                 .unwrap()
         }
-        let (before, during, later) = spins_around_a_step(Duration::from_millis(20)).await;
+        let (before, during, later) =
+            spins_around_a_step(Duration::from_millis(20), Duration::from_secs(5)).await;
         assert_eq!(before, 0, "it spun before any step");
-        assert!(during > 0, "no spin after a step");
-        assert_eq!(later, 0, "it kept spinning past its window");
-        let (_, during, _) = spins_around_a_step(Duration::ZERO).await;
+        assert!(during > 0, "no spin within 5 s of a step");
+        assert_eq!(later, 0, "it kept spinning for 5 s past its 20 ms window");
+        let (_, during, _) = spins_around_a_step(Duration::ZERO, Duration::from_millis(300)).await;
         assert_eq!(during, 0, "off, yet it spun");
     }
 }

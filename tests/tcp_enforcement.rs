@@ -98,7 +98,7 @@ async fn revoke_closes_both_sockets_before_the_api_answers() {
 }
 
 #[tokio::test]
-async fn revoking_a_grant_held_by_many_sessions_closes_every_socket_before_the_api_answers() {
+async fn revoking_a_grant_held_by_many_sessions_closes_them_all_with_every_end_on_record() {
     // Enough sessions that the revoke wakes them as a wave on the workers
     // (each one's teardown then waits behind the others' ends).
     const N: usize = 200;

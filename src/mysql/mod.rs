@@ -283,6 +283,7 @@ pub async fn handle(
                     send_err(&mut client, seq, code, Some(state), &e.client_text(&name)).await
                 }
             };
+            drop(client);
             gw.on_session_ended(&session, &EndReason::Backend, None);
             drop(admitted.guard);
             return;

@@ -189,6 +189,7 @@ pub async fn handle(
                 None,
             )
             .await;
+            drop(client);
             gw.on_session_ended(&session, &EndReason::Backend, None);
             drop(admitted.guard);
             return;
@@ -210,6 +211,7 @@ pub async fn handle(
     let mut out = BytesMut::new();
     pg::encode_startup(&forward, &mut out);
     if backend.write_all(&out).await.is_err() || backend.flush().await.is_err() {
+        drop((client, backend));
         gw.on_session_ended(&session, &EndReason::Backend, None);
         drop(admitted.guard);
         return;
@@ -218,6 +220,7 @@ pub async fn handle(
         let mut npv = BytesMut::new();
         pg::encode_negotiate_protocol_version(0, &unrecognized, &mut npv);
         if client.write_all(&npv).await.is_err() {
+            drop((client, backend));
             gw.on_session_ended(&session, &EndReason::Client, None);
             drop(admitted.guard);
             return;

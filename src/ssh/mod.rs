@@ -176,6 +176,7 @@ pub async fn handle(
     bytes_down.increment(down.len() as u64);
     if let Err(reason) = forwarded {
         m::connection(&name, "ssh", Outcome::Error);
+        drop((client, backend));
         gw.on_session_ended(&session, &reason, None);
         drop(admitted.guard);
         return;
