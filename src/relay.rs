@@ -598,6 +598,39 @@ impl Gate {
     }
 }
 
+/// Why the session ends after a step that ended a direction (anything but
+/// `Moved`, and an end of stream that half-close passes on), when the cause
+/// happened if jitgate ended it, and whether the backend failed (rather
+/// than closing in order).
+fn session_end<W: Wire>(
+    s: Step,
+    wire: &std::sync::Mutex<&mut W>,
+) -> (EndReason, Option<std::time::Instant>, bool) {
+    match s {
+        // `Moved` never gets here (the callers match it first); it sits in
+        // this arm only to keep the match exhaustive without a panic.
+        Step::Moved | Step::ClientEof | Step::ClientGone => (EndReason::Client, None, false),
+        Step::BackendEof | Step::BackendGone if client_ended(wire) => {
+            (EndReason::Client, None, false)
+        }
+        Step::BackendEof => (EndReason::Backend, None, false),
+        Step::BackendGone => (EndReason::Backend, None, true),
+        Step::End(r) => (r, Some(std::time::Instant::now()), false),
+    }
+}
+
+/// After one step of a direction: whether it goes back to the select loop
+/// (the step did not move bytes, the handshake is under way, or the
+/// enforcement clock's waker fired) rather than step again. A step that
+/// moved bytes is also reported to the worker's busy poller.
+fn back_to_select(s: &Step, in_handshake: bool, clock: &GateWaker) -> bool {
+    let moved = matches!(s, Step::Moved);
+    if moved {
+        crate::workers::moved();
+    }
+    in_handshake || !moved || clock.fired()
+}
+
 /// Whether the client said goodbye (see [`Wire::client_ended`]).
 fn client_ended<W: Wire>(wire: &std::sync::Mutex<&mut W>) -> bool {
     wire.lock()
@@ -765,10 +798,7 @@ pub async fn run<W: Wire>(
                     // step comes back here, so the timer branch sees its end.
                     loop {
                         let s = up_step(&mut up, &wire_ref, &mut client_r, &mut backend_w, &session, &bytes_up).await;
-                        if matches!(s, Step::Moved) {
-                            crate::workers::moved();
-                        }
-                        if in_handshake || !matches!(s, Step::Moved) || clock.fired() {
+                        if back_to_select(&s, in_handshake, &clock) {
                             break s;
                         }
                     }
@@ -783,24 +813,16 @@ pub async fn run<W: Wire>(
                             break (first, None);
                         }
                     }
-                    Step::ClientEof | Step::ClientGone => break (EndReason::Client, None),
-                    Step::BackendEof | Step::BackendGone if client_ended(&wire_ref) => {
-                        break (EndReason::Client, None)
+                    ended => {
+                        let (reason, since, failed) = session_end(ended, &wire_ref);
+                        backend_failed |= failed;
+                        break (reason, since);
                     }
-                    Step::BackendEof => break (EndReason::Backend, None),
-                    Step::BackendGone => {
-                        backend_failed = true;
-                        break (EndReason::Backend, None);
-                    }
-                    Step::End(r) => break (r, Some(std::time::Instant::now())),
                 },
                 s = async {
                     loop {
                         let s = down_step(&mut st, &wire_ref, &mut backend_r, &mut client_w, &session, &bytes_down).await;
-                        if matches!(s, Step::Moved) {
-                            crate::workers::moved();
-                        }
-                        if in_handshake || !matches!(s, Step::Moved) || clock.fired() {
+                        if back_to_select(&s, in_handshake, &clock) {
                             break s;
                         }
                     }
@@ -814,16 +836,11 @@ pub async fn run<W: Wire>(
                             break (first, None);
                         }
                     }
-                    Step::ClientEof | Step::ClientGone => break (EndReason::Client, None),
-                    Step::BackendEof | Step::BackendGone if client_ended(&wire_ref) => {
-                        break (EndReason::Client, None)
+                    ended => {
+                        let (reason, since, failed) = session_end(ended, &wire_ref);
+                        backend_failed |= failed;
+                        break (reason, since);
                     }
-                    Step::BackendEof => break (EndReason::Backend, None),
-                    Step::BackendGone => {
-                        backend_failed = true;
-                        break (EndReason::Backend, None);
-                    }
-                    Step::End(r) => break (r, Some(std::time::Instant::now())),
                 },
             }
         }
