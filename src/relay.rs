@@ -539,6 +539,9 @@ struct Gate {
 struct GateWaker {
     woken: std::sync::atomic::AtomicBool,
     task: std::sync::Mutex<Option<std::task::Waker>>,
+    /// The inbox of the worker the task runs on: a kill or a grant's end
+    /// fires from the main runtime, for thousands of sessions at once.
+    inbox: Option<Arc<crate::workers::Inbox>>,
 }
 
 impl GateWaker {
@@ -558,8 +561,10 @@ impl std::task::Wake for GateWaker {
         // so a wake during that poll is never lost.
         self.woken.store(true, Ordering::SeqCst);
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = task.as_ref() {
-            w.wake_by_ref();
+        match (task.as_ref(), &self.inbox) {
+            (Some(w), Some(inbox)) => inbox.wake(w),
+            (Some(w), None) => w.wake_by_ref(),
+            (None, _) => {}
         }
     }
 }
@@ -569,6 +574,7 @@ impl Gate {
         let shared = Arc::new(GateWaker {
             woken: std::sync::atomic::AtomicBool::new(true),
             task: std::sync::Mutex::new(None),
+            inbox: crate::workers::inbox(),
         });
         Gate {
             waker: std::task::Waker::from(shared.clone()),

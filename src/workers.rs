@@ -56,8 +56,9 @@ pub fn idle() -> impl Future<Output = ()> {
 /// whose client has been told) goes behind the other sessions woken in the
 /// same wave: if tasks woken from outside this worker wait in its queue (a
 /// revoke or a grant's expiry wakes every session on the grant from the main
-/// runtime), or others already wait here, this waits until the worker has no
-/// task ready ([`idle`]), at most `limit`. Otherwise, or off the workers, it
+/// runtime, and the worker's [`Inbox`] delivers them in one batch), or others
+/// already wait here, this waits until the worker has no task ready
+/// ([`idle`]), at most `limit`. Otherwise, or off the workers, it
 /// returns at once: a single kill is torn down straight away, busy worker or
 /// not.
 pub async fn after_others(limit: std::time::Duration) {
@@ -65,7 +66,10 @@ pub async fn after_others(limit: std::time::Duration) {
     let wave = match deferring {
         None => false,
         Some(true) => true,
-        Some(false) => Handle::try_current().is_ok_and(|h| h.metrics().global_queue_depth() > 0),
+        Some(false) => {
+            WAVE.with(Cell::get)
+                || Handle::try_current().is_ok_and(|h| h.metrics().global_queue_depth() > 0)
+        }
     };
     if wave {
         let _ = tokio::time::timeout(limit, idle()).await;
@@ -126,6 +130,7 @@ impl Drop for Idle {
 /// The worker runtime's park hook: wake every [`idle`] waiter (tokio then
 /// runs them instead of parking).
 fn release_idle_waiters() {
+    WAVE.with(|w| w.set(false));
     let waiting = IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let w = idle.as_mut()?;
@@ -138,6 +143,105 @@ fn release_idle_waiters() {
     // Woken with the thread-local released: a wake only schedules.
     for (_, waker) in waiting.into_iter().flatten() {
         waker.wake();
+    }
+}
+
+/// Wakes from other threads for tasks on one worker, delivered in batches.
+///
+/// Waking a task on a single-threaded runtime from another thread queues it
+/// and writes the worker's eventfd: one system call per wake. A revoke or a
+/// grant's expiry wakes every session on the grant from the main runtime,
+/// thousands at once. Through the inbox the first of them wakes one task on
+/// the worker (one system call), which then wakes the rest from the worker
+/// itself, where a wake only queues the task.
+#[derive(Default)]
+pub struct Inbox {
+    state: std::sync::Mutex<InboxState>,
+    /// Batches delivered (for tests).
+    batches: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct InboxState {
+    wakers: Vec<Waker>,
+    /// The worker's task that delivers them ([`deliver`]).
+    courier: Option<Waker>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// This worker's inbox; `None` on threads that are not workers.
+    static INBOX: RefCell<Option<Arc<Inbox>>> = const { RefCell::new(None) };
+    /// Set when the inbox delivered more than one wake at once (a wave),
+    /// cleared when the worker runs out of ready tasks.
+    static WAVE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The inbox of the worker this runs on (`None` off the workers).
+pub fn inbox() -> Option<Arc<Inbox>> {
+    INBOX.with(|i| i.borrow().clone())
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake `waker`, a task on this inbox's worker: at once on the worker's
+    /// own thread, else through the inbox.
+    pub fn wake(self: &Arc<Self>, waker: &Waker) {
+        // `try_with`: a wake from a thread that is exiting counts as remote.
+        let here = INBOX
+            .try_with(|i| i.borrow().as_ref().is_some_and(|o| Arc::ptr_eq(o, self)))
+            .unwrap_or(false);
+        if here {
+            waker.wake_by_ref();
+            return;
+        }
+        let courier = {
+            let mut s = self.lock();
+            s.wakers.push(waker.clone());
+            // Only the first wake of a batch calls the courier: the rest
+            // find it called and not yet run.
+            if s.wakers.len() == 1 {
+                s.courier.clone()
+            } else {
+                None
+            }
+        };
+        if let Some(c) = courier {
+            c.wake();
+        }
+    }
+}
+
+/// The courier: one task per worker that wakes, from the worker, the tasks
+/// whose wakes arrived in its inbox.
+async fn deliver(inbox: Arc<Inbox>) {
+    loop {
+        let batch = std::future::poll_fn(|cx| {
+            let mut s = inbox.lock();
+            if s.wakers.is_empty() {
+                if !s.courier.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    s.courier = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(std::mem::take(&mut s.wakers))
+        })
+        .await;
+        inbox.batches.fetch_add(1, Ordering::Relaxed);
+        if batch.len() > 1 {
+            WAVE.with(|w| w.set(true));
+        }
+        for w in batch {
+            w.wake();
+        }
     }
 }
 
@@ -260,6 +364,8 @@ impl Workers {
                 .name(format!("jitgate-worker-{i}"))
                 .spawn(move || {
                     IDLE.with(|idle| *idle.borrow_mut() = Some(IdleWaiters::default()));
+                    let inbox = Arc::new(Inbox::default());
+                    INBOX.with(|i| *i.borrow_mut() = Some(inbox.clone()));
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .on_thread_park(release_idle_waiters)
@@ -275,7 +381,9 @@ impl Workers {
                     if tx.send(Ok(rt.handle().clone())).is_err() {
                         return;
                     }
+                    let courier_inbox = inbox.clone();
                     rt.block_on(async move {
+                        tokio::spawn(deliver(courier_inbox));
                         if !busy.is_zero() {
                             BUSY.with(|b| b.set(true));
                             tokio::spawn(busy_poll(busy));
@@ -291,6 +399,11 @@ impl Workers {
                     // the tasks still on it.
                     drop(rt);
                     drop(POLLER.with(|p| p.borrow_mut().take()));
+                    // Wakes for tasks that are gone; other threads may still
+                    // hold the inbox.
+                    let stale = std::mem::take(&mut inbox.lock().wakers);
+                    drop(stale);
+                    drop(INBOX.with(|i| i.borrow_mut().take()));
                 })?;
             let handle = rx
                 .recv()
@@ -540,6 +653,95 @@ mod tests {
             .unwrap();
         assert!(alone, "a lone end waited for the busy worker");
         assert_eq!(ran_before, 10, "returned before the queued tasks ran");
+    }
+
+    #[tokio::test]
+    async fn wakes_from_another_thread_arrive_in_one_batch_that_starts_a_wave() {
+        let workers = Workers::start(1, Duration::ZERO).unwrap();
+        let handle = workers.workers[0].handle.clone();
+        let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
+        handle.spawn(async move { inbox_tx.send(inbox()).unwrap() });
+        let worker_inbox = inbox_rx.recv().unwrap().expect("a worker has an inbox");
+        assert!(inbox().is_none(), "only workers have one");
+
+        // 50 tasks on the worker wait; the first to run again waits behind
+        // the others (`after_others`) and reports how many ran before it.
+        const N: usize = 50;
+        let wakers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        for _ in 0..N {
+            let (wakers, ran, first_tx) = (wakers.clone(), ran.clone(), first_tx.clone());
+            handle.spawn(async move {
+                let mut parked = false;
+                std::future::poll_fn(|cx| {
+                    if parked {
+                        return Poll::Ready(());
+                    }
+                    parked = true;
+                    wakers.lock().unwrap().push(cx.waker().clone());
+                    Poll::Pending
+                })
+                .await;
+                if ran.fetch_add(1, Ordering::SeqCst) == 0 {
+                    after_others(Duration::from_secs(60)).await;
+                    first_tx.send(ran.load(Ordering::SeqCst)).unwrap();
+                }
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while wakers.lock().unwrap().len() < N {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tasks never waited"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Hold the worker while all 50 are woken from this thread.
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        handle.spawn(async move {
+            held_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        });
+        held_rx.recv().unwrap();
+        for w in wakers.lock().unwrap().iter() {
+            worker_inbox.wake(w);
+        }
+        release_tx.send(()).unwrap();
+        let ran_before = tokio::task::spawn_blocking(move || {
+            first_rx.recv_timeout(Duration::from_secs(30)).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(ran_before, N, "the first woken went before the others");
+        assert_eq!(worker_inbox.batches.load(Ordering::SeqCst), 1, "one batch");
+
+        // On the worker's own thread a wake does not go through the inbox.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let own = worker_inbox.clone();
+        handle.spawn(async move {
+            let mut woke = false;
+            std::future::poll_fn(|cx| {
+                if woke {
+                    return Poll::Ready(());
+                }
+                woke = true;
+                own.wake(cx.waker());
+                Poll::Pending
+            })
+            .await;
+            let _ = tx.send(());
+        });
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            worker_inbox.batches.load(Ordering::SeqCst),
+            1,
+            "a local wake is direct"
+        );
     }
 
     #[tokio::test]
