@@ -54,13 +54,13 @@ pub fn idle() -> impl Future<Output = ()> {
 
 /// Work that must happen but that nobody waits for (tearing down a session
 /// whose client has been told) goes behind the other sessions woken in the
-/// same wave: if tasks woken from outside this worker wait in its queue (a
-/// revoke or a grant's expiry wakes every session on the grant from the main
-/// runtime, and the worker's [`Inbox`] delivers them in one batch), or others
-/// already wait here, this waits until the worker has no task ready
-/// ([`idle`]), at most `limit`. Otherwise, or off the workers, it
-/// returns at once: a single kill is torn down straight away, busy worker or
-/// not.
+/// same wave: if the worker's [`Inbox`] just delivered more than one wake
+/// from outside (a revoke or a grant's expiry wakes every session on the
+/// grant from the main runtime) and those tasks have not all had their
+/// turn, or tasks woken from outside wait in the runtime's own queue, or
+/// others already wait here, this waits until the worker has no task ready
+/// ([`idle`]), at most `limit`. Otherwise, or off the workers, it returns at
+/// once: a single kill is torn down straight away, busy worker or not.
 pub async fn after_others(limit: std::time::Duration) {
     let deferring = IDLE.with(|idle| idle.borrow().as_ref().map(|w| !w.waiting.is_empty()));
     let wave = match deferring {
@@ -130,7 +130,6 @@ impl Drop for Idle {
 /// The worker runtime's park hook: wake every [`idle`] waiter (tokio then
 /// runs them instead of parking).
 fn release_idle_waiters() {
-    WAVE.with(|w| w.set(false));
     let waiting = IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let w = idle.as_mut()?;
@@ -154,8 +153,7 @@ fn release_idle_waiters() {
 /// thousands at once. Through the inbox the first of them wakes one task on
 /// the worker (one system call), which then wakes the rest from the worker
 /// itself, where a wake only queues the task.
-#[derive(Default)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     state: std::sync::Mutex<InboxState>,
     /// Batches delivered (for tests).
     batches: std::sync::atomic::AtomicU64,
@@ -177,24 +175,33 @@ impl std::fmt::Debug for Inbox {
 thread_local! {
     /// This worker's inbox; `None` on threads that are not workers.
     static INBOX: RefCell<Option<Arc<Inbox>>> = const { RefCell::new(None) };
-    /// Set when the inbox delivered more than one wake at once (a wave),
-    /// cleared when the worker runs out of ready tasks.
+    /// Set while the tasks of a batch of more than one wake (a wave) take
+    /// their first turn after the courier woke them.
     static WAVE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The inbox of the worker this runs on (`None` off the workers).
-pub fn inbox() -> Option<Arc<Inbox>> {
+pub(crate) fn inbox() -> Option<Arc<Inbox>> {
     INBOX.with(|i| i.borrow().clone())
 }
 
 impl Inbox {
+    /// Only workers make one: wakes pushed into an inbox with no courier
+    /// would never be delivered.
+    fn new() -> Inbox {
+        Inbox {
+            state: std::sync::Mutex::new(InboxState::default()),
+            batches: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wake `waker`, a task on this inbox's worker: at once on the worker's
     /// own thread, else through the inbox.
-    pub fn wake(self: &Arc<Self>, waker: &Waker) {
+    pub(crate) fn wake(self: &Arc<Self>, waker: &Waker) {
         // `try_with`: a wake from a thread that is exiting counts as remote.
         let here = INBOX
             .try_with(|i| i.borrow().as_ref().is_some_and(|o| Arc::ptr_eq(o, self)))
@@ -221,10 +228,21 @@ impl Inbox {
 }
 
 /// The courier: one task per worker that wakes, from the worker, the tasks
-/// whose wakes arrived in its inbox.
+/// whose wakes arrived in its inbox. It keeps taking what arrives until the
+/// inbox is empty (the main runtime may still be adding to it), all in one
+/// turn.
+///
+/// A batch of more than one marks a wave ([`after_others`]) until the tasks
+/// it woke have had their first turn: the courier then queues itself behind
+/// them (the run queue is first in, first out) and clears the mark when it
+/// runs again. By then the first of them that ended waits on [`idle`],
+/// which keeps the wave visible to the rest.
 async fn deliver(inbox: Arc<Inbox>) {
+    // The list handed back and forth with the inbox keeps its capacity: a
+    // wave of thousands does not regrow it under the lock each time.
+    let mut batch: Vec<Waker> = Vec::new();
     loop {
-        let batch = std::future::poll_fn(|cx| {
+        std::future::poll_fn(|cx| {
             let mut s = inbox.lock();
             if s.wakers.is_empty() {
                 if !s.courier.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -232,17 +250,47 @@ async fn deliver(inbox: Arc<Inbox>) {
                 }
                 return Poll::Pending;
             }
-            Poll::Ready(std::mem::take(&mut s.wakers))
+            std::mem::swap(&mut s.wakers, &mut batch);
+            Poll::Ready(())
         })
         .await;
-        inbox.batches.fetch_add(1, Ordering::Relaxed);
-        if batch.len() > 1 {
-            WAVE.with(|w| w.set(true));
+        let mut wave = false;
+        loop {
+            inbox.batches.fetch_add(1, Ordering::Relaxed);
+            if batch.len() > 1 {
+                wave = true;
+                WAVE.with(|w| w.set(true));
+            }
+            for w in batch.drain(..) {
+                w.wake();
+            }
+            let mut s = inbox.lock();
+            if s.wakers.is_empty() {
+                break;
+            }
+            std::mem::swap(&mut s.wakers, &mut batch);
         }
-        for w in batch {
-            w.wake();
+        if wave {
+            behind_the_queue().await;
+            WAVE.with(|w| w.set(false));
         }
     }
+}
+
+/// Completes on the task's next turn: it wakes itself, which on a
+/// single-threaded runtime queues it behind the tasks already queued
+/// (unlike `tokio::task::yield_now`, which waits for the I/O driver).
+async fn behind_the_queue() {
+    let mut queued = false;
+    std::future::poll_fn(|cx| {
+        if queued {
+            return Poll::Ready(());
+        }
+        queued = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 thread_local! {
@@ -364,7 +412,7 @@ impl Workers {
                 .name(format!("jitgate-worker-{i}"))
                 .spawn(move || {
                     IDLE.with(|idle| *idle.borrow_mut() = Some(IdleWaiters::default()));
-                    let inbox = Arc::new(Inbox::default());
+                    let inbox = Arc::new(Inbox::new());
                     INBOX.with(|i| *i.borrow_mut() = Some(inbox.clone()));
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -401,7 +449,10 @@ impl Workers {
                     drop(POLLER.with(|p| p.borrow_mut().take()));
                     // Wakes for tasks that are gone; other threads may still
                     // hold the inbox.
-                    let stale = std::mem::take(&mut inbox.lock().wakers);
+                    let stale = {
+                        let mut s = inbox.lock();
+                        (std::mem::take(&mut s.wakers), s.courier.take())
+                    };
                     drop(stale);
                     drop(INBOX.with(|i| i.borrow_mut().take()));
                 })?;
@@ -716,6 +767,30 @@ mod tests {
         .unwrap();
         assert_eq!(ran_before, N, "the first woken went before the others");
         assert_eq!(worker_inbox.batches.load(Ordering::SeqCst), 1, "one batch");
+
+        // The wave is over once its tasks had their turn, even on a worker
+        // that never parks (a task yielding in a loop keeps it busy): a
+        // lone end after it does not wait for the worker to run dry.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        handle.spawn(async move {
+            let busy = tokio::spawn(async {
+                let start = std::time::Instant::now();
+                while start.elapsed() < Duration::from_secs(2) {
+                    tokio::task::yield_now().await;
+                }
+            });
+            tokio::task::yield_now().await;
+            after_others(Duration::from_secs(60)).await;
+            let _ = tx.send(!busy.is_finished());
+        });
+        let alone = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            alone,
+            "a lone end after the wave waited for the busy worker"
+        );
 
         // On the worker's own thread a wake does not go through the inbox.
         let (tx, rx) = tokio::sync::oneshot::channel();
