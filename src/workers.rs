@@ -553,6 +553,21 @@ mod tests {
         (c.unwrap(), s.unwrap().0)
     }
 
+    /// On a worker: keeps it busy for 2 s with a task that yields in a loop
+    /// (the worker never parks meanwhile), waits in `after_others` with a
+    /// 60 s limit, and says whether that returned while the busy task ran.
+    async fn a_lone_end_skips_the_busy_worker() -> bool {
+        let busy = tokio::spawn(async {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(2) {
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        after_others(Duration::from_secs(60)).await;
+        !busy.is_finished()
+    }
+
     #[tokio::test]
     async fn connections_spread_over_the_workers_and_end_when_they_stop() {
         let workers = Workers::start(2, Duration::ZERO).unwrap();
@@ -674,15 +689,7 @@ mod tests {
         handle.spawn(async move {
             // A busy worker, but nothing woken from outside: no wait (it
             // would last until the busy task ends, or the limit).
-            let busy = tokio::spawn(async {
-                let start = std::time::Instant::now();
-                while start.elapsed() < Duration::from_secs(2) {
-                    tokio::task::yield_now().await;
-                }
-            });
-            tokio::task::yield_now().await;
-            after_others(Duration::from_secs(60)).await;
-            let alone = !busy.is_finished();
+            let alone = a_lone_end_skips_the_busy_worker().await;
             // Ten tasks are woken from another thread while this one holds
             // the worker; they wait in its queue.
             hold_tx.send(()).unwrap();
@@ -773,15 +780,7 @@ mod tests {
         // lone end after it does not wait for the worker to run dry.
         let (tx, rx) = tokio::sync::oneshot::channel();
         handle.spawn(async move {
-            let busy = tokio::spawn(async {
-                let start = std::time::Instant::now();
-                while start.elapsed() < Duration::from_secs(2) {
-                    tokio::task::yield_now().await;
-                }
-            });
-            tokio::task::yield_now().await;
-            after_others(Duration::from_secs(60)).await;
-            let _ = tx.send(!busy.is_finished());
+            let _ = tx.send(a_lone_end_skips_the_busy_worker().await);
         });
         let alone = tokio::time::timeout(Duration::from_secs(30), rx)
             .await
