@@ -261,6 +261,7 @@ def render(res):
             ["time to open them", f"{fmt(sc.get('open_secs'), '.2f')} s ({fmt(sc.get('open_per_sec'), ',.0f')}/s)"],
             ["revoke one → client EOF, p50 / p99 / max", d3(sc.get("revoke_one_ms")) + " ms"],
             ["revoke all → last close", fmt(sc.get("revoke_all_ms"), ".1f") + " ms"],
+            ["one grant expiring with them all: close − deadline, p50 / p99 / max", d3(sc.get("expire_all_late_ms")) + " ms"],
             ["expiry lateness, p50 / p99 / max", d3(sc.get("expiry_late_ms")) + " ms"],
         ]))
     md += ["", "Targets:", ""]

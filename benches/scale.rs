@@ -22,7 +22,9 @@
 //!    a time (`DELETE /v1/grants/{id}`): time from just before the request
 //!    to that client's read returning end of stream; then one 127.0.0.0/8
 //!    grant on `scale-wide` holding N sessions, revoked: time until the last
-//!    client sees the end;
+//!    client sees the end; then a grant on `scale-wide` whose deadline
+//!    passes with N sessions on it: close time − its `expires_at`, as each
+//!    client observes it;
 //! 3. expiry (`scale-expiry`): N /32 grants whose deadlines are spread over
 //!    a few seconds; client-observed close time − the grant's `expires_at`.
 //!
@@ -997,6 +999,59 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
     backend.release();
     wait_drained(&mut api, backend).await?;
 
+    // 2c. one grant holding N sessions reaches its deadline: every
+    // session's own timer fires at the same instant on its worker.
+    let margin_all = Duration::from_secs_f64(1.5 * open_wide.as_secs_f64() + 2.0);
+    eprintln!(
+        "[2/3] one grant on {RES_WIDE} for {n} sessions, expiring in {:.1} s",
+        margin_all.as_secs_f64()
+    );
+    let wide = api
+        .json(
+            "POST",
+            "/v1/grants",
+            Some(&json!({"principal": "admin", "resource": RES_WIDE,
+                         "duration": format!("{}ms", margin_all.as_millis()),
+                         "sources": ["127.0.0.0/8"], "reason": "scale benchmark"})),
+        )
+        .await?;
+    let exp = wide["expires_at"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no expires_at in {wide}"))?;
+    let wide_deadline =
+        humantime::parse_rfc3339(exp).with_context(|| format!("expires_at {exp:?}"))?;
+    let (clients, _) = open_sessions(n, port(RES_WIDE), backend).await?;
+    ensure!(
+        SystemTime::now() < wide_deadline,
+        "the sessions opened after the grant's deadline; the margin was too small"
+    );
+    let lag0 = api.metrics().await?.histogram(LAG);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let r = read_end(&mut c).await;
+                (r, diff_ms(SystemTime::now(), wide_deadline), c)
+            })
+        })
+        .collect();
+    let mut all_late = Vec::with_capacity(n);
+    let mut seen_end = Vec::with_capacity(n);
+    for h in readers {
+        let (r, l, c) = tokio::time::timeout(margin_all + Duration::from_secs(30), h)
+            .await
+            .context("a session outlived its grant")??;
+        r?;
+        all_late.push(l);
+        seen_end.push(c);
+    }
+    let m = ended(&mut api, RES_WIDE, "expired", n).await?;
+    let expire_all_server = m.histogram(LAG).since(&lag0);
+    drop(seen_end);
+    backend.release();
+    wait_drained(&mut api, backend).await?;
+    let expire_all = summary(&mut all_late);
+
     // 3. expiry
     // Leave time to create the grants and open the sessions before the first
     // deadline: phase 1's pace, with room to spare.
@@ -1084,9 +1139,17 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
         "revoke_all_reported_closed": wide_reported,
         "revoke_all_server_ms": revoke_all_server.json(),
         "expiry_late_ms": expiry_late,
+        "expire_all_late_ms": expire_all,
+        "expire_all_server_ms": expire_all_server.json(),
         "expiry_server_ms": expiry_server.json(),
     });
-    print_table(&out, &revoke_server, &revoke_all_server, &expiry_server);
+    print_table(
+        &out,
+        &revoke_server,
+        &revoke_all_server,
+        &expire_all_server,
+        &expiry_server,
+    );
     if let Some(dir) = s.json_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -1103,7 +1166,7 @@ fn loadavg() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn print_table(o: &Value, revoke: &Hist, all: &Hist, expiry: &Hist) {
+fn print_table(o: &Value, revoke: &Hist, all: &Hist, expire_all: &Hist, expiry: &Hist) {
     let p = |v: &Value| {
         format!(
             "p50 {} / p99 {} / max {} ms (n={})",
@@ -1148,6 +1211,8 @@ fn print_table(o: &Value, revoke: &Hist, all: &Hist, expiry: &Hist) {
             ),
         ),
         ("revoke all: server lag", all.describe()),
+        ("expire all: close − deadline", p(&o["expire_all_late_ms"])),
+        ("expire all: server lag", expire_all.describe()),
         ("expiry: close − deadline", p(&o["expiry_late_ms"])),
         ("expiry: server lag", expiry.describe()),
     ];
