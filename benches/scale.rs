@@ -728,6 +728,37 @@ async fn ended(api: &mut ApiConn, resource: &str, reason: &str, n: usize) -> Res
     }
 }
 
+/// Wait for each client to see its end; returns how late each saw it
+/// after its deadline (ms, negative if early) and the sockets, which the
+/// caller closes after its figures are taken (see `Backend::release`).
+async fn lateness(
+    clients: Vec<TcpStream>,
+    deadlines: impl Iterator<Item = SystemTime>,
+    limit: Duration,
+) -> Result<(Vec<f64>, Vec<TcpStream>)> {
+    let readers: Vec<_> = clients
+        .into_iter()
+        .zip(deadlines)
+        .map(|(mut c, deadline)| {
+            tokio::spawn(async move {
+                let r = read_end(&mut c).await;
+                (r, diff_ms(SystemTime::now(), deadline), c)
+            })
+        })
+        .collect();
+    let mut late = Vec::with_capacity(readers.len());
+    let mut seen_end = Vec::with_capacity(readers.len());
+    for h in readers {
+        let (r, l, c) = tokio::time::timeout(limit, h)
+            .await
+            .context("a session outlived its deadline")??;
+        r?;
+        late.push(l);
+        seen_end.push(c);
+    }
+    Ok((late, seen_end))
+}
+
 /// Read until end of stream or reset; an error if data arrives instead.
 async fn read_end(c: &mut TcpStream) -> Result<()> {
     let mut buf = [0u8; 64];
@@ -1026,25 +1057,9 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
         "the sessions opened after the grant's deadline; the margin was too small"
     );
     let lag0 = api.metrics().await?.histogram(LAG);
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|mut c| {
-            tokio::spawn(async move {
-                let r = read_end(&mut c).await;
-                (r, diff_ms(SystemTime::now(), wide_deadline), c)
-            })
-        })
-        .collect();
-    let mut all_late = Vec::with_capacity(n);
-    let mut seen_end = Vec::with_capacity(n);
-    for h in readers {
-        let (r, l, c) = tokio::time::timeout(margin_all + Duration::from_secs(30), h)
-            .await
-            .context("a session outlived its grant")??;
-        r?;
-        all_late.push(l);
-        seen_end.push(c);
-    }
+    let deadlines = std::iter::repeat(wide_deadline);
+    let (mut all_late, seen_end) =
+        lateness(clients, deadlines, margin_all + Duration::from_secs(30)).await?;
     let m = ended(&mut api, RES_WIDE, "expired", n).await?;
     let expire_all_server = m.histogram(LAG).since(&lag0);
     drop(seen_end);
@@ -1092,26 +1107,13 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
         "the sessions opened after the first deadline; the margin was too small"
     );
     let lag0 = api.metrics().await?.histogram(LAG);
-    let readers: Vec<_> = clients
-        .into_iter()
-        .zip(exp_grants.iter().map(|g| g.expires_at))
-        .map(|(mut c, deadline)| {
-            tokio::spawn(async move {
-                let r = read_end(&mut c).await;
-                (r, diff_ms(SystemTime::now(), deadline), c)
-            })
-        })
-        .collect();
-    let mut late = Vec::with_capacity(n);
-    let mut seen_end = Vec::with_capacity(n);
-    for h in readers {
-        let (r, l, c) = tokio::time::timeout(margin + s.spread + Duration::from_secs(30), h)
-            .await
-            .context("a session outlived its deadline")??;
-        r?;
-        late.push(l);
-        seen_end.push(c);
-    }
+    let deadlines = exp_grants.iter().map(|g| g.expires_at);
+    let (mut late, seen_end) = lateness(
+        clients,
+        deadlines,
+        margin + s.spread + Duration::from_secs(30),
+    )
+    .await?;
     let m = ended(&mut api, RES_EXPIRY, "expired", n).await?;
     let expiry_server = m.histogram(LAG).since(&lag0);
     drop(seen_end);
