@@ -553,6 +553,20 @@ mod tests {
         (c.unwrap(), s.unwrap().0)
     }
 
+    /// Pending on its first poll, after handing its waker to `f`; ready
+    /// on the next.
+    async fn pending_once(f: impl FnOnce(&Waker)) {
+        let mut f = Some(f);
+        std::future::poll_fn(|cx| match f.take() {
+            Some(f) => {
+                f(cx.waker());
+                Poll::Pending
+            }
+            None => Poll::Ready(()),
+        })
+        .await
+    }
+
     /// On a worker: keeps it busy for 2 s with a task that yields in a loop
     /// (the worker never parks meanwhile), waits in `after_others` with a
     /// 60 s limit, and says whether that returned while the busy task ran.
@@ -731,16 +745,7 @@ mod tests {
         for _ in 0..N {
             let (wakers, ran, first_tx) = (wakers.clone(), ran.clone(), first_tx.clone());
             handle.spawn(async move {
-                let mut parked = false;
-                std::future::poll_fn(|cx| {
-                    if parked {
-                        return Poll::Ready(());
-                    }
-                    parked = true;
-                    wakers.lock().unwrap().push(cx.waker().clone());
-                    Poll::Pending
-                })
-                .await;
+                pending_once(|w| wakers.lock().unwrap().push(w.clone())).await;
                 if ran.fetch_add(1, Ordering::SeqCst) == 0 {
                     after_others(Duration::from_secs(60)).await;
                     first_tx.send(ran.load(Ordering::SeqCst)).unwrap();
@@ -795,16 +800,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let own = worker_inbox.clone();
         handle.spawn(async move {
-            let mut woke = false;
-            std::future::poll_fn(|cx| {
-                if woke {
-                    return Poll::Ready(());
-                }
-                woke = true;
-                own.wake(cx.waker());
-                Poll::Pending
-            })
-            .await;
+            pending_once(|w| own.wake(w)).await;
             let _ = tx.send(());
         });
         tokio::time::timeout(Duration::from_secs(10), rx)
