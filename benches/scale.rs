@@ -1015,15 +1015,21 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
     let wide_reported = v["sessions_closed"].as_u64().unwrap_or(0);
     let mut last = t;
     let mut seen_end = Vec::with_capacity(n);
+    let mut eof_ms = Vec::with_capacity(n);
     for h in readers {
         let (r, at, c) = tokio::time::timeout(Duration::from_secs(30), h)
             .await
             .context("a client never saw the end")??;
         r?;
         last = last.max(at);
+        eof_ms.push(ms(at.saturating_duration_since(t)));
         seen_end.push(c);
     }
     let revoke_all_ms = ms(last - t);
+    // When the first client saw its end: what the request, the lookup and
+    // the cancels cost before any farewell; the rest is the farewells.
+    let revoke_all_first_ms = eof_ms.iter().copied().fold(f64::INFINITY, f64::min);
+    let revoke_all_eof = summary(&mut eof_ms);
     let m = ended(&mut api, RES_WIDE, "revoked", n).await?;
     let revoke_all_server = m.histogram(LAG).since(&lag0);
     drop(seen_end);
@@ -1137,6 +1143,8 @@ async fn phases(s: &Settings, fd_limit: u64, backend: &Arc<Backend>, jg: &Jitgat
         "revoke_one_http_ms": revoke_http,
         "revoke_one_server_ms": revoke_server.json(),
         "revoke_all_ms": round3(revoke_all_ms),
+        "revoke_all_first_eof_ms": round3(revoke_all_first_ms),
+        "revoke_all_eof_ms": revoke_all_eof,
         "revoke_all_http_ms": round3(ms(wide_http)),
         "revoke_all_reported_closed": wide_reported,
         "revoke_all_server_ms": revoke_all_server.json(),
@@ -1210,6 +1218,14 @@ fn print_table(o: &Value, revoke: &Hist, all: &Hist, expire_all: &Hist, expiry: 
             format!(
                 "{} ms (DELETE answered after {} ms, reporting {} closed)",
                 o["revoke_all_ms"], o["revoke_all_http_ms"], o["revoke_all_reported_closed"]
+            ),
+        ),
+        (
+            "revoke all → each client EOF",
+            format!(
+                "first {} ms, {}",
+                o["revoke_all_first_eof_ms"],
+                p(&o["revoke_all_eof_ms"])
             ),
         ),
         ("revoke all: server lag", all.describe()),
