@@ -173,7 +173,7 @@ pub fn admit_with(
     });
     let session = guard.session().clone();
     // Final check after registration: a revoke from now on finds the session.
-    if !grant.is_live(SystemTime::now()) || session.token().is_cancelled() {
+    if !grant.is_live(SystemTime::now()) || session.is_cut() {
         drop(guard);
         return Err(refuse(
             gw,

@@ -9,8 +9,8 @@
 //! re-arms for the new deadline, and later warnings follow the new one.
 //! Invariant: [`Enforcer::next`] is cancel-safe (all state lives in `self`),
 //! and it reports an end for whichever comes first: the session's token
-//! (revoke, kill, shutdown), the effective deadline (grant or `max_session`),
-//! or idleness.
+//! (kill, shutdown), its grant's (revoke, the grant's end at its deadline),
+//! the effective deadline (grant or `max_session`), or idleness.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,6 +52,8 @@ pub struct Enforcer {
     /// Created once: polling a registered waiter costs far less than
     /// registering a new one on every relay iteration.
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The grant's token (see `sessions`: not the session token's parent).
+    grant_cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Woken when the limits or the grant's deadline change (reload,
     /// extension): re-arm from the new values.
     poked: Pin<Box<tokio::sync::futures::OwnedNotified>>,
@@ -83,6 +85,7 @@ impl Enforcer {
         w.sort_unstable_by(|a, b| b.cmp(a));
         w.dedup();
         let cancelled = Box::pin(session.token().clone().cancelled_owned());
+        let grant_cancelled = Box::pin(session.grant.token().clone().cancelled_owned());
         let poke = session.poke_handle();
         let poked = Box::pin(poke.clone().notified_owned());
         let max = session
@@ -98,6 +101,7 @@ impl Enforcer {
             next_warning: 0,
             warn_now: false,
             cancelled,
+            grant_cancelled,
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
         };
         // Lead times already passed at the start collapse into one notice
@@ -179,6 +183,19 @@ impl Enforcer {
             .is_some_and(|w| self.remaining() <= *w)
     }
 
+    /// The end for a cancelled token: the session's own reason, else its
+    /// grant's, else shutdown.
+    fn cut(&self) -> Enforcement {
+        let (reason, since) = self
+            .session
+            .end_reason()
+            .unwrap_or((EndReason::Shutdown, None));
+        Enforcement::End {
+            reason,
+            since: since.unwrap_or_else(std::time::Instant::now),
+        }
+    }
+
     /// Wait for the next thing the relay must act on. Cancel-safe.
     pub async fn next(&mut self) -> Enforcement {
         if self.warn_now {
@@ -189,16 +206,8 @@ impl Enforcer {
         loop {
             tokio::select! {
                 biased;
-                _ = self.cancelled.as_mut() => {
-                    let (reason, since) = self
-                        .session
-                        .end_reason()
-                        .unwrap_or((EndReason::Shutdown, None));
-                    return Enforcement::End {
-                        reason,
-                        since: since.unwrap_or_else(std::time::Instant::now),
-                    };
-                }
+                _ = self.cancelled.as_mut() => return self.cut(),
+                _ = self.grant_cancelled.as_mut() => return self.cut(),
                 _ = self.timer.as_mut() => {
                     if let Some(e) = self.evaluate() {
                         return e;
@@ -212,5 +221,58 @@ impl Enforcer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grants::GrantTable;
+    use crate::sessions::tests::{grant, new_session};
+    use crate::sessions::SessionRegistry;
+    use tokio_util::sync::CancellationToken;
+
+    /// The clock's next step, which must come well before `max_session`.
+    async fn next_end(e: &mut Enforcer) -> EndReason {
+        match tokio::time::timeout(Duration::from_secs(5), e.next()).await {
+            Ok(Enforcement::End { reason, .. }) => reason,
+            other => panic!("expected an end, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_clock_ends_on_its_grants_token_the_sessions_own_and_shutdown() {
+        let root = CancellationToken::new();
+        let t = GrantTable::new(root.clone());
+        let reg = std::sync::Arc::new(SessionRegistry::under(root.clone()));
+
+        // Revoke: the grant's token, which is not the session token's parent.
+        let g = grant(&t);
+        let revoked = reg.register(new_session(&g));
+        let mut clock = Enforcer::new(revoked.session().clone(), None, &[]);
+        let by = EndReason::Revoked {
+            by: "carol".into(),
+            reason: "done".into(),
+        };
+        t.remove(&g.id, by.clone());
+        assert!(!revoked.session().token().is_cancelled());
+        assert_eq!(next_end(&mut clock).await, by);
+
+        // Kill: the session's own token, its own reason.
+        let g = grant(&t);
+        let killed = reg.register(new_session(&g));
+        let mut clock = Enforcer::new(killed.session().clone(), None, &[]);
+        let why = EndReason::Killed {
+            by: "carol".into(),
+            reason: String::new(),
+        };
+        killed.session().end(why.clone(), std::time::Instant::now());
+        assert_eq!(next_end(&mut clock).await, why);
+
+        // Shutdown: the root cancels both tokens, with no reason of its own.
+        let live = reg.register(new_session(&g));
+        let mut clock = Enforcer::new(live.session().clone(), None, &[]);
+        root.cancel();
+        assert_eq!(next_end(&mut clock).await, EndReason::Shutdown);
     }
 }

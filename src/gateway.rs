@@ -3,8 +3,9 @@
 //!
 //! Every operation here writes its audit event before it returns, so the
 //! admin API acknowledges only what is on record. The root of the
-//! cancellation tree (`shutdown`) lives here: process shutdown → grant →
-//! session.
+//! cancellation tree (`shutdown`) lives here: process shutdown → grant, and
+//! process shutdown → session; a session's clock waits on its grant's token
+//! too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -131,7 +132,7 @@ impl Gateway {
             requests: RequestTable::new(),
             notifier,
             grants: Arc::new(GrantTable::new(shutdown.clone())),
-            sessions: Arc::new(SessionRegistry::new()),
+            sessions: Arc::new(SessionRegistry::under(shutdown.clone())),
             audit,
             journal: Arc::new(journal),
             listeners: Default::default(),
@@ -311,7 +312,7 @@ impl Gateway {
             by: by.to_string(),
             reason: reason.to_string(),
         };
-        let Some((grant, sessions)) = self.remove_access(e, id, reason).await else {
+        let Some(grant) = self.remove_access(e, id, reason).await else {
             // Expired or revoked between the lookup and now.
             return Err(OpError::NotFound(format!("no live grant {id}")));
         };
@@ -320,7 +321,7 @@ impl Gateway {
             &format!("{by} revoked {}'s access to {}: {reason_text}", grant.principal, grant.resource),
             serde_json::json!({"grant_id": grant.id, "principal": grant.principal, "resource": grant.resource, "actor": by}),
         );
-        let closed = wait_closed(&sessions, CLOSE_WAIT).await;
+        let closed = grant.sessions.closed_since_end(CLOSE_WAIT).await;
         tracing::info!(grant = %id, by, sessions = closed, "grant revoked");
         Ok(closed)
     }
@@ -351,36 +352,30 @@ impl Gateway {
     }
 
     /// End grant `id` now for `reason` (revoke, release): audit `e`, cut
-    /// the sessions, then journal the end; returns the grant and its
-    /// sessions (to wait for), or `None` if it was no longer live.
+    /// the sessions, then journal the end; returns the grant (wait for its
+    /// sessions with `grant.sessions.closed_since_end`), or `None` if it
+    /// was no longer live.
     ///
     /// Removing access never waits on storage: an outage (a full disk,
     /// perhaps filled on purpose) must not keep anyone connected. The audit
     /// record is written first (the kernel has it: no fsync), the sessions
     /// are cut, and only then is the journal synced, off the async workers.
+    /// Nothing here visits the grant's sessions one by one: the cut is the
+    /// grant token's cancellation, and the count is the grant's tally,
+    /// taken as the grant ends.
     pub(crate) async fn remove_access(
         &self,
         e: Event,
         id: GrantId,
         reason: EndReason,
-    ) -> Option<(Arc<Grant>, Vec<Arc<Session>>)> {
+    ) -> Option<Arc<Grant>> {
         if let Err(err) = self.audit.write(e) {
             tracing::error!(grant = %id, error = %err, "access removed without its audit record (audit log unavailable)");
         }
-        // Listed before and after the cut: closed sessions leave the
-        // registry, and one admitted in between is cut too.
-        let mut sessions = self.sessions.on_grant(&id);
         let grant = self.grants.remove(&id, reason)?;
-        let listed: std::collections::HashSet<SessionId> = sessions.iter().map(|s| s.id).collect();
-        sessions.extend(
-            self.sessions
-                .on_grant(&grant.id)
-                .into_iter()
-                .filter(|s| !listed.contains(&s.id)),
-        );
         self.journal_removal(id).await;
         m::grants_active(self.grants.len());
-        Some((grant, sessions))
+        Some(grant)
     }
 
     /// Kill one session; answers once its sockets are closed.

@@ -134,6 +134,87 @@ pub struct Grant {
     end: OnceLock<(EndReason, Instant)>,
     /// Set once the `grant.expiring` notification went out.
     pub expiring_notified: std::sync::atomic::AtomicBool,
+    /// How many sessions live on this grant.
+    pub sessions: SessionTally,
+}
+
+/// How many sessions live on a grant, so that ending the grant can count
+/// its sessions and wait for their sockets to close without visiting each
+/// one. Thousands of sessions on one grant are thousands of records spread
+/// over memory that an idle gateway has not touched for a while; listing
+/// them before the cut delayed every client's farewell by that walk.
+///
+/// The grant's end takes the count ([`SessionTally::at_end`]) just before
+/// it cancels the grant's token, so every session counted is cut (or was
+/// already closing on its own) and none has been closed by the cut yet. A
+/// session registered in between is cut but not counted.
+#[derive(Debug, Default)]
+pub struct SessionTally {
+    live: std::sync::atomic::AtomicUsize,
+    at_end: OnceLock<usize>,
+    drained: Notify,
+}
+
+impl SessionTally {
+    /// A session on the grant is registered.
+    pub(crate) fn opened(&self) {
+        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A session counted by [`opened`](Self::opened) has closed its
+    /// sockets.
+    pub(crate) fn closed(&self) {
+        let before = self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        debug_assert!(before > 0, "a session closed that was never counted");
+        if before == 1 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// The grant is ending: keep the count of its live sessions.
+    fn end(&self) {
+        let _ = self.at_end.set(self.live());
+    }
+
+    /// How many sessions the grant held when it ended, once it has.
+    pub fn at_end(&self) -> Option<usize> {
+        self.at_end.get().copied()
+    }
+
+    /// Sessions live on the grant now.
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait until no session lives on the grant, at most `limit`; returns
+    /// how many still do.
+    pub async fn drained(&self, limit: Duration) -> usize {
+        let all = async {
+            loop {
+                let notified = self.drained.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a last close between the
+                // check and the await is not missed.
+                notified.as_mut().enable();
+                if self.live() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all).await;
+        self.live()
+    }
+
+    /// Of the sessions counted when the grant ended ([`at_end`](Self::at_end)),
+    /// how many have closed their sockets once the grant has none left,
+    /// or after `limit`. Zero if the grant has not ended.
+    pub async fn closed_since_end(&self, limit: Duration) -> usize {
+        let Some(at_end) = self.at_end() else {
+            return 0;
+        };
+        at_end.saturating_sub(self.drained(limit).await)
+    }
 }
 
 impl Grant {
@@ -199,6 +280,7 @@ impl Grant {
     /// session on it.
     fn end(&self, reason: EndReason) {
         let _ = self.end.set((reason, Instant::now()));
+        self.sessions.end();
         self.token.cancel();
     }
 }
@@ -299,6 +381,7 @@ impl GrantTable {
             token: self.root.child_token(),
             end: OnceLock::new(),
             expiring_notified: std::sync::atomic::AtomicBool::new(false),
+            sessions: SessionTally::default(),
         });
         for login in &grant.logins {
             self.index

@@ -1,11 +1,17 @@
 //! The registry of live sessions and their kill switches.
 //!
 //! Invariants:
-//! - A session is registered (and so reachable by revoke and kill) *before*
-//!   the final grant check of its handshake: its token is a child of the
-//!   grant's token, so a revoke that races the connect either cancels the
-//!   token before the check (the check fails) or finds the session in the
-//!   registry (and cancels it).
+//! - A session is registered (and so counted in its grant's tally) *before*
+//!   the final grant check of its handshake, and its enforcement clock waits
+//!   on its grant's token as well as its own; so a revoke that races the
+//!   connect either cancels the grant's token before the check (the check
+//!   fails) or after it (the clock sees the cancelled token and ends the
+//!   session).
+//! - A session's own token (kill) is a child of the process's shutdown
+//!   token, not of its grant's: cancelling a grant's token then wakes its
+//!   sessions' clocks one batch after another as it goes, where a parent
+//!   token first marks every child (thousands of records that may not have
+//!   been touched for a while) before it wakes any.
 //! - The end reason is set before the token is cancelled (first writer wins).
 //! - [`SessionGuard`] is the only owner of a registry entry: dropping it, on
 //!   any exit path, removes the entry, updates the gauges and wakes whoever
@@ -65,9 +71,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// The token the session's task selects on.
+    /// The session's own token (kill, shutdown); the task also selects on
+    /// its grant's (revoke, expiry).
     pub fn token(&self) -> &CancellationToken {
         &self.token
+    }
+
+    /// Whether the session has been cut: by its own token or its grant's.
+    pub fn is_cut(&self) -> bool {
+        self.token.is_cancelled() || self.grant.token().is_cancelled()
     }
 
     /// Record activity now (called by the relay for every chunk).
@@ -138,9 +150,7 @@ impl Session {
         if let Some((r, at)) = self.grant.ended() {
             return Some((r.clone(), Some(*at)));
         }
-        self.token
-            .is_cancelled()
-            .then_some((EndReason::Shutdown, None))
+        self.is_cut().then_some((EndReason::Shutdown, None))
     }
 
     /// Completes once the session's sockets are closed.
@@ -168,25 +178,38 @@ pub struct NewSession {
 /// All live sessions.
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
+    /// Parent of every session's own token (the process's shutdown).
+    shutdown: CancellationToken,
     by_id: DashMap<SessionId, Arc<Session>>,
-    /// The same sessions by grant, so that a revoke lists a grant's
-    /// sessions without walking every live session (it lists them before
-    /// it cuts them, so a walk would delay every cut by the registry's size).
+    /// The same sessions by grant, so that a reload that shortens a grant
+    /// reaches its sessions without walking every live session. (A revoke
+    /// visits none: it counts and waits on the grant's `SessionTally`.)
     by_grant: DashMap<GrantId, HashMap<SessionId, Arc<Session>>>,
 }
 
 impl SessionRegistry {
-    /// An empty registry.
+    /// An empty registry whose sessions end only by kill, revoke or expiry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry whose sessions also end when `shutdown` is
+    /// cancelled.
+    pub fn under(shutdown: CancellationToken) -> Self {
+        Self {
+            shutdown,
+            ..Self::default()
+        }
     }
 
     /// Register a session under its grant. The returned guard removes it.
     pub fn register(self: &Arc<Self>, new: NewSession) -> SessionGuard {
         let now = SystemTime::now();
+        // Counted before its token is derived: see `SessionTally`.
+        new.grant.sessions.opened();
         let session = Arc::new(Session {
             id: Uuid::now_v7(),
-            token: new.grant.token().child_token(),
+            token: self.shutdown.child_token(),
             grant: new.grant,
             login: new.login,
             resource: new.resource,
@@ -295,15 +318,17 @@ impl Drop for SessionGuard {
             });
         m::session_closed(&self.session.resource);
         self.session.closed.cancel();
+        self.session.grant.sessions.closed();
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::grants::{GrantKind, GrantTable, NewGrant};
 
-    fn grant(t: &GrantTable) -> Arc<Grant> {
+    /// A 60 s grant for alice on `pg` (shared with other modules' tests).
+    pub(crate) fn grant(t: &GrantTable) -> Arc<Grant> {
         t.insert(NewGrant {
             principal: "alice".into(),
             resource: "pg".into(),
@@ -316,7 +341,8 @@ mod tests {
         })
     }
 
-    fn new_session(g: &Arc<Grant>) -> NewSession {
+    /// A session on `g` with a 10 s `max_session`.
+    pub(crate) fn new_session(g: &Arc<Grant>) -> NewSession {
         NewSession {
             grant: g.clone(),
             login: "alice".into(),
@@ -342,7 +368,7 @@ mod tests {
                 reason: "x".into(),
             },
         );
-        assert!(s.token().is_cancelled());
+        assert!(s.is_cut() && !s.token().is_cancelled());
         assert_eq!(s.end_reason().unwrap().0.label(), "revoked");
         // Closed only once the guard is dropped.
         let waiter = tokio::spawn({
@@ -352,6 +378,58 @@ mod tests {
         drop(guard);
         assert_eq!(waiter.await.unwrap(), 1);
         assert!(reg.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_revoke_counts_the_sessions_live_at_the_cut_and_waits_for_them_to_close() {
+        let t = GrantTable::new(CancellationToken::new());
+        let reg = Arc::new(SessionRegistry::new());
+        let g = grant(&t);
+        let other = grant(&t);
+        let mut held: Vec<_> = (0..3).map(|_| reg.register(new_session(&g))).collect();
+        let elsewhere = reg.register(new_session(&other));
+        assert_eq!((g.sessions.live(), other.sessions.live()), (3, 1));
+        t.remove(&g.id, EndReason::Expired);
+        assert_eq!(g.sessions.at_end(), Some(3));
+        // Registered after the cut: born cancelled, not in the count, and
+        // still waited for (it holds sockets until its guard drops).
+        let late = reg.register(new_session(&g));
+        assert!(late.session().is_cut());
+        let waiter = tokio::spawn({
+            let g = g.clone();
+            async move { g.sessions.closed_since_end(Duration::from_secs(120)).await }
+        });
+        // Two of the three close; the waiter keeps waiting for the rest.
+        held.truncate(1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "answered with sessions still open");
+        drop(held);
+        drop(late);
+        // Woken by the last close, long before its limit.
+        let closed = tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("the last close did not wake the waiter");
+        assert_eq!(closed.unwrap(), 3);
+        assert_eq!(g.sessions.live(), 0);
+        // The other grant's session is not counted or waited for.
+        assert_eq!(other.sessions.live(), 1);
+        drop(elsewhere);
+        assert_eq!(other.sessions.live(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_never_closes_is_left_out_of_the_count_after_the_limit() {
+        let t = GrantTable::new(CancellationToken::new());
+        let reg = Arc::new(SessionRegistry::new());
+        let g = grant(&t);
+        let closes = reg.register(new_session(&g));
+        let _stuck = reg.register(new_session(&g));
+        t.remove(&g.id, EndReason::Expired);
+        drop(closes);
+        let started = Instant::now();
+        let limit = Duration::from_millis(200);
+        assert_eq!(g.sessions.closed_since_end(limit).await, 1);
+        assert!(started.elapsed() >= limit, "answered before the limit");
     }
 
     #[test]
@@ -384,7 +462,7 @@ mod tests {
         let g = grant(&t);
         t.remove(&g.id, EndReason::Expired);
         let guard = reg.register(new_session(&g));
-        assert!(guard.session().token().is_cancelled());
+        assert!(guard.session().is_cut());
     }
 
     #[test]

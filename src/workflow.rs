@@ -21,7 +21,6 @@ use crate::grants::{GrantId, GrantKind, NewGrant};
 use crate::journal::Record;
 use crate::policy;
 use crate::requests::{Request, RequestError, RequestId, RequestKind, RequestState};
-use crate::sessions::wait_closed;
 
 /// What a requester asks for.
 #[derive(Debug, Clone)]
@@ -419,11 +418,14 @@ impl Gateway {
             by: principal.to_string(),
             reason: "released by its holder".into(),
         };
-        let (_, sessions) = self
+        let grant = self
             .remove_access(e, grant_id, reason)
             .await
             .ok_or_else(|| OpError::NotFound(format!("no live grant {grant_id}")))?;
-        Ok(wait_closed(&sessions, Duration::from_secs(10)).await)
+        Ok(grant
+            .sessions
+            .closed_since_end(Duration::from_secs(10))
+            .await)
     }
 
     fn journal_request(&self, r: &Request) -> Result<(), OpError> {
