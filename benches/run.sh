@@ -166,7 +166,7 @@ elif [ -f benches/scale.rs ]; then
     # SCALE_SMOKE is set only for a smoke run (unset, not "0", otherwise).
     smoke_env=()
     [ "$SMOKE" = 1 ] && smoke_env=(SCALE_SMOKE=1)
-    if ! env SCALE_JSON="$scale_json" "${smoke_env[@]}" nice -n 5 cargo bench --quiet --bench scale >&2; then
+    if ! env SCALE_JSON="$scale_json" "${smoke_env[@]}" cargo bench --quiet --bench scale >&2; then
         scale_note="cargo bench --bench scale failed"
         rm -f "$scale_json"
         bench_log "$scale_note"
