@@ -242,14 +242,22 @@ mod tests {
 
     #[tokio::test]
     async fn the_clock_ends_on_its_grants_token_the_sessions_own_and_shutdown() {
+        // The grants have a root of their own: the shutdown below must reach
+        // the session through the registry's root, not through its grant.
+        let t = GrantTable::new(CancellationToken::new());
         let root = CancellationToken::new();
-        let t = GrantTable::new(root.clone());
         let reg = std::sync::Arc::new(SessionRegistry::under(root.clone()));
 
-        // Revoke: the grant's token, which is not the session token's parent.
+        // Revoke: the grant's token, which is not the session token's parent,
+        // wakes a clock that is already waiting.
         let g = grant(&t);
         let revoked = reg.register(new_session(&g));
         let mut clock = Enforcer::new(revoked.session().clone(), None, &[]);
+        tokio::select! {
+            biased;
+            e = clock.next() => panic!("the clock moved before the revoke: {e:?}"),
+            _ = tokio::task::yield_now() => {}
+        }
         let by = EndReason::Revoked {
             by: "carol".into(),
             reason: "done".into(),
@@ -269,10 +277,12 @@ mod tests {
         killed.session().end(why.clone(), std::time::Instant::now());
         assert_eq!(next_end(&mut clock).await, why);
 
-        // Shutdown: the root cancels both tokens, with no reason of its own.
+        // Shutdown: the registry's root cancels the session's own token; the
+        // grant lives on, so the end has no reason but the shutdown.
         let live = reg.register(new_session(&g));
         let mut clock = Enforcer::new(live.session().clone(), None, &[]);
         root.cancel();
+        assert!(live.session().token().is_cancelled() && g.is_live(std::time::SystemTime::now()));
         assert_eq!(next_end(&mut clock).await, EndReason::Shutdown);
     }
 }

@@ -228,7 +228,9 @@ impl Grant {
         self.expires.subscribe()
     }
 
-    /// The token every session on this grant derives its own from.
+    /// The grant's token, cancelled when the grant ends (revoke, release,
+    /// expiry, a reload that removes it) or on shutdown; every session on
+    /// the grant waits on it.
     pub fn token(&self) -> &CancellationToken {
         &self.token
     }

@@ -1,9 +1,10 @@
 //! Start and stop the gateway: bind every listener, run the accept loops,
 //! the grant expiry task and the admin API under one cancellation root.
 //!
-//! Shutdown cancels the root token: every grant's token and so every
-//! session's token is cancelled, each session tells its client why and
-//! closes both sockets, and [`Running::shutdown`] waits for the tracked tasks.
+//! Shutdown cancels the root token: every grant's token and every
+//! session's token (both are its children) is cancelled, each session
+//! tells its client why and closes both sockets, and [`Running::shutdown`]
+//! waits for the tracked tasks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
