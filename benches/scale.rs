@@ -69,6 +69,9 @@ const FD_MARGIN: u64 = 200;
 /// later, and a client whose final ACK was dropped believes it is connected
 /// while jitgate never sees it.
 const OPEN_WINDOW: usize = 64;
+/// An admin API connection idle for longer than this is replaced before
+/// its next request: half jitgate's default `admin_request_timeout`.
+const API_IDLE_REUSE: Duration = Duration::from_secs(5);
 /// Concurrent admin API connections while creating grants.
 const API_CONCURRENCY: usize = 16;
 const RES_IDLE: &str = "scale-idle";
@@ -307,6 +310,8 @@ struct ApiConn {
     tx: SendRequest<Full<Bytes>>,
     addr: SocketAddr,
     token: String,
+    /// When the last answer arrived (see `raw`).
+    last_used: Instant,
 }
 
 impl ApiConn {
@@ -315,6 +320,7 @@ impl ApiConn {
             tx: Self::connect(addr).await?,
             addr,
             token: token.to_string(),
+            last_used: Instant::now(),
         })
     }
 
@@ -344,13 +350,20 @@ impl ApiConn {
             .body(Full::new(Bytes::from(body)))?;
         // jitgate closes a keep-alive connection idle for
         // admin_request_timeout (10 s), which the expiry phase can exceed.
-        if self.tx.is_closed() || self.tx.ready().await.is_err() {
+        // A connection idle for half that is replaced before it is used: a
+        // request sent as the server's close is under way would fail
+        // ("connection error"), and retrying a DELETE is not safe.
+        if self.last_used.elapsed() > API_IDLE_REUSE
+            || self.tx.is_closed()
+            || self.tx.ready().await.is_err()
+        {
             self.tx = Self::connect(self.addr).await?;
             self.tx.ready().await?;
         }
         let resp = self.tx.send_request(req).await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
+        self.last_used = Instant::now();
         Ok((status, bytes))
     }
 

@@ -416,6 +416,7 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
     // 6. Request grants follow their policy: gone → ended; a tighter
     // max_duration → cut back to it, counted from the grant's creation.
     let at = SystemTime::now();
+    let mut shortened = std::collections::HashSet::new();
     for g in gw.grants.list() {
         if !matches!(g.kind, GrantKind::Request(_)) {
             continue;
@@ -438,12 +439,17 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
                     });
                     if gw.grants.set_deadline(&g.id, cut) {
                         sum.grants_shortened += 1;
-                        for s in gw.sessions.on_grant(&g.id) {
-                            s.poke();
-                        }
+                        shortened.insert(g.id);
                     }
                 }
             }
+        }
+    }
+    // Their sessions' clocks re-read the deadline: one walk over the live
+    // sessions for all the shortened grants.
+    if !shortened.is_empty() {
+        for s in gw.sessions.on_grants(&shortened) {
+            s.poke();
         }
     }
     m::grants_active(gw.grants.len());

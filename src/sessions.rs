@@ -17,7 +17,6 @@
 //!   any exit path, removes the entry, updates the gauges and wakes whoever
 //!   waits for the sockets to be closed.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -180,11 +179,10 @@ pub struct NewSession {
 pub struct SessionRegistry {
     /// Parent of every session's own token (the process's shutdown).
     shutdown: CancellationToken,
+    /// Every live session. Nothing is indexed by grant: a revoke visits no
+    /// session (it counts and waits on the grant's `SessionTally`), and
+    /// the one walk by grant (a reload that shortens grants) is rare.
     by_id: DashMap<SessionId, Arc<Session>>,
-    /// The same sessions by grant, so that a reload that shortens a grant
-    /// reaches its sessions without walking every live session. (A revoke
-    /// visits none: it counts and waits on the grant's `SessionTally`.)
-    by_grant: DashMap<GrantId, HashMap<SessionId, Arc<Session>>>,
 }
 
 impl SessionRegistry {
@@ -229,10 +227,6 @@ impl SessionRegistry {
             closed: CancellationToken::new(),
         });
         self.by_id.insert(session.id, session.clone());
-        self.by_grant
-            .entry(session.grant.id)
-            .or_default()
-            .insert(session.id, session.clone());
         m::session_opened(&session.resource);
         SessionGuard {
             registry: self.clone(),
@@ -261,12 +255,20 @@ impl SessionRegistry {
             .collect()
     }
 
-    /// Live sessions on one grant.
+    /// Live sessions on one grant. Walks every live session: for rare
+    /// operations, never on a revoke's path.
     pub fn on_grant(&self, grant: &GrantId) -> Vec<Arc<Session>> {
-        self.by_grant
-            .get(grant)
-            .map(|e| e.value().values().cloned().collect())
-            .unwrap_or_default()
+        self.on_grants(&std::collections::HashSet::from([*grant]))
+    }
+
+    /// Live sessions on any of `grants`, in one walk over every live
+    /// session (a reload that shortens many grants).
+    pub fn on_grants(&self, grants: &std::collections::HashSet<GrantId>) -> Vec<Arc<Session>> {
+        self.by_id
+            .iter()
+            .filter(|e| grants.contains(&e.value().grant.id))
+            .map(|e| e.value().clone())
+            .collect()
     }
 
     /// Number of live sessions.
@@ -309,13 +311,6 @@ impl SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.registry.by_id.remove(&self.session.id);
-        let id = self.session.id;
-        self.registry
-            .by_grant
-            .remove_if_mut(&self.session.grant.id, |_, on_grant| {
-                on_grant.remove(&id);
-                on_grant.is_empty()
-            });
         m::session_closed(&self.session.resource);
         self.session.closed.cancel();
         self.session.grant.sessions.closed();
@@ -457,8 +452,7 @@ pub(crate) mod tests {
         drop(a2);
         drop(b1);
         assert!(reg.on_grant(&a.id).is_empty() && reg.on_grant(&b.id).is_empty());
-        // No empty per-grant entry is left behind for every grant ever used.
-        assert!(reg.by_grant.is_empty() && reg.is_empty());
+        assert!(reg.is_empty());
     }
 
     #[test]
