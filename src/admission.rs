@@ -230,8 +230,9 @@ fn refuse(
         e.protocol = Some(protocol);
         e.client_addr = Some(peer);
         e.outcome = Some("no_grant");
-        let _ = gw.audit.write(e);
+        // Counted before the record is written, as a session's end is.
         m::connection(name, protocol, Outcome::Denied);
+        let _ = gw.audit.write(e);
         tracing::info!(%peer, resource = name, who = %identity, "session denied: no active grant");
     } else {
         m::connection(name, protocol, Outcome::Error);

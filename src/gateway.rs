@@ -448,13 +448,15 @@ impl Gateway {
         e.duration_ms = Some(u64::try_from(lived.as_millis()).unwrap_or(u64::MAX));
         e.bytes_up = Some(s.bytes_up.load(std::sync::atomic::Ordering::Relaxed));
         e.bytes_down = Some(s.bytes_down.load(std::sync::atomic::Ordering::Relaxed));
-        let _ = self.audit.write(e);
+        // Counted before the record is written: whoever has read a
+        // `session.ended` record finds the end in the metrics too.
         m::session_ended(&s.resource, reason.label());
         if reason.is_enforced() {
             if let Some(since) = since {
                 m::enforcement_lag(since.elapsed());
             }
         }
+        let _ = self.audit.write(e);
         tracing::info!(session = %s.id, resource = %s.resource, reason = reason.label(), "session ended");
     }
 }
