@@ -10,9 +10,10 @@
 //! - A grant with `sources` admits only peers inside one of them; a
 //!   source-bound grant with no sources admits no one (fail closed).
 //! - A grant in the table is *live* until its deadline, its revocation, or
-//!   process shutdown. Its [`CancellationToken`] is the parent of every
-//!   session that lives on it, so cancelling it ends them all; the reason is
-//!   set (first writer wins) *before* the token is cancelled.
+//!   process shutdown. Every session that lives on it waits on its
+//!   [`CancellationToken`] (the sessions' own tokens are not its children),
+//!   so cancelling it ends them all; the reason is set (first writer wins)
+//!   *before* the token is cancelled.
 //! - Grants expire on their own: [`GrantTable::run_expiry`] removes each one
 //!   at its deadline with no traffic needed to notice.
 
