@@ -5,7 +5,7 @@
 #   bench_init                       cd to the repository, make $BENCH_WORK, clean up on exit
 #   bench_ports_free PORT...         refuse to start if a port is taken
 #   bench_need_haproxy               apt-get install haproxy when missing
-#   bench_build [CARGO ARGS...]      release build (nice'd)
+#   bench_build [CARGO ARGS...]      build with $BENCH_PROFILE (nice'd)
 #   jitgate_config ADMIN [TOML]      start $BENCH_WORK/jitgate.toml: [gateway] + extra keys
 #   jitgate_resource NAME PROTO LISTEN BACKEND [TOML]   append a [[resource]]
 #   jitgate_admin_user LOGIN...      append the admin user (token $BENCH_TOKEN)
@@ -27,6 +27,19 @@
 # loopback opens connections from one address as fast as it can.
 
 BENCH_TOKEN=${BENCH_TOKEN:-bench-admin-token}
+# Cargo profile of the jitgate binary: release for figures; dev (the
+# debug build `cargo test` already made) only to check that a script
+# works, as CI's smoke run does.
+BENCH_PROFILE=${BENCH_PROFILE:-release}
+case $BENCH_PROFILE in
+    release) BENCH_TARGET=./target/release ;;
+    dev) BENCH_TARGET=./target/debug ;;
+    *)
+        echo "BENCH_PROFILE must be release or dev, not $BENCH_PROFILE" >&2
+        exit 2
+        ;;
+esac
+BENCH_BIN=$BENCH_TARGET/jitgate
 BENCH_RELAY_BUFFER=${BENCH_RELAY_BUFFER:-8192}
 # jitgate's busy_poll; empty = its default (off).
 BENCH_BUSY_POLL=${BENCH_BUSY_POLL:-}
@@ -74,7 +87,7 @@ bench_need_haproxy() {
 }
 
 bench_build() {
-    nice -n 5 cargo build --release --quiet "$@"
+    nice -n 5 cargo build --profile "$BENCH_PROFILE" --quiet "$@"
 }
 
 bench_wait_port() {
@@ -130,7 +143,7 @@ TOML
 
 jitgate_start() {
     local _
-    RUST_LOG=warn ./target/release/jitgate serve --config "$BENCH_WORK/jitgate.toml" 2>"$BENCH_WORK/jitgate.log" &
+    RUST_LOG=warn "$BENCH_BIN" serve --config "$BENCH_WORK/jitgate.toml" 2>"$BENCH_WORK/jitgate.log" &
     BENCH_JITGATE_PID=$!
     BENCH_PIDS+=("$BENCH_JITGATE_PID")
     for _ in $(seq 1 100); do
@@ -146,7 +159,7 @@ jitgate_start() {
 jitgate_grant() {
     local resource=$1
     shift
-    JITGATE_ADMIN_URL="http://$BENCH_ADMIN" JITGATE_TOKEN=$BENCH_TOKEN ./target/release/jitgate \
+    JITGATE_ADMIN_URL="http://$BENCH_ADMIN" JITGATE_TOKEN=$BENCH_TOKEN "$BENCH_BIN" \
         grant admin "$resource" --for 2h --reason "benchmark" "$@" >/dev/null
 }
 

@@ -10,6 +10,10 @@
   report.py summarize RUNS META OUT_JSON OUT_MD [SCALE_JSON]
       aggregate the rounds, compare the subjects, check the targets, write
       the JSON result and the markdown table, print the table
+  report.py check OUT_JSON
+      exit 1, naming each, if a run failed or a figure is missing: every
+      workload measured for all three subjects with no error, and the
+      scale figures present (the targets are figures, not checked here)
 
 Latencies of all the rounds of one workload and subject are pooled before
 the percentiles are taken (nearest rank). Ratios compare means over rounds.
@@ -297,6 +301,41 @@ def summarize(runs, meta_file, out_json, out_md, scale_json=None):
     print(text, end="")
 
 
+SCALE_FIGURES = ("idle_rss_kib_per_session", "open_per_sec", "revoke_one_ms",
+                 "revoke_all_ms", "expire_all_late_ms", "expiry_late_ms")
+
+
+def problems(res):
+    """What a smoke run must not have: failed runs, missing figures."""
+    out = []
+    for kind, key in (("pgbench", "tps"), ("bulk", "mb_per_s"), ("mysql", "qps")):
+        if not res.get(kind):
+            out.append(f"{kind}: no workload measured")
+        for w, x in (res.get(kind) or {}).items():
+            for s in SUBJECTS:
+                y = x["subjects"].get(s)
+                if y is None:
+                    out.append(f"{kind}/{w}/{s}: not measured")
+                    continue
+                out += [f"{kind}/{w}/{s}: {e}" for e in y.get("errors", [])]
+                if not isinstance(y.get(key), (int, float)) or y[key] <= 0:
+                    out.append(f"{kind}/{w}/{s}: no {key}")
+    sc = res.get("scale") or {}
+    if "skipped" in sc or "error" in sc:
+        out.append(f"scale: {sc.get('skipped') or sc.get('error')}")
+    else:
+        out += [f"scale: no {k}" for k in SCALE_FIGURES if sc.get(k) is None]
+    return out
+
+
+def check(out_json):
+    found = problems(json.load(open(out_json)))
+    for p in found:
+        print(f"benchmark check: {p}", file=sys.stderr)
+    if found:
+        sys.exit(1)
+
+
 def main(argv):
     cmd = argv[1] if len(argv) > 1 else ""
     if cmd == "pgrun" and len(argv) == 9:
@@ -305,6 +344,8 @@ def main(argv):
         append(argv[2], json.loads(argv[3]))
     elif cmd == "summarize" and len(argv) in (6, 7):
         summarize(*argv[2:])
+    elif cmd == "check" and len(argv) == 3:
+        check(argv[2])
     else:
         sys.exit(__doc__)
 

@@ -30,7 +30,7 @@ bench_init
 bench_ports_free "$BACKEND_PORT" "$JG_PORT" "$HA_PORT" "${ADMIN##*:}"
 bench_need_haproxy
 bench_build --bin jitgate --example tcp_bulk
-bulk=./target/release/examples/tcp_bulk
+bulk=$BENCH_TARGET/examples/tcp_bulk
 
 "$bulk" serve "127.0.0.1:$BACKEND_PORT" &
 BENCH_PIDS+=($!)
