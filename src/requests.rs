@@ -258,13 +258,18 @@ impl RequestTable {
     }
 
     /// Deny a pending request.
-    pub fn deny(
+    ///
+    /// `record` runs under the lock with the denied request: it audits and
+    /// journals. If it fails, the request is pending again, as if the
+    /// denial had never been asked for.
+    pub fn deny<E>(
         &self,
         id: &RequestId,
         by: &str,
         reason: &str,
         now: SystemTime,
-    ) -> Result<Request, RequestError> {
+        record: impl FnOnce(&Request) -> Result<(), E>,
+    ) -> Result<Result<Request, E>, RequestError> {
         let mut map = self.lock();
         let r = Self::pending_mut(&mut map, id, now)?;
         if r.principal == by {
@@ -281,7 +286,13 @@ impl RequestTable {
         r.state = RequestState::Denied;
         r.denied_by = Some(by.to_string());
         r.deny_reason = Some(reason.to_string());
-        Ok(r.clone())
+        if let Err(e) = record(r) {
+            r.state = RequestState::Pending;
+            r.denied_by = None;
+            r.deny_reason = None;
+            return Ok(Err(e));
+        }
+        Ok(Ok(r.clone()))
     }
 
     /// Put back a request read from the journal (replaces one with the same id).
@@ -377,7 +388,7 @@ mod tests {
         assert_eq!(two.state, RequestState::Approved);
         assert_eq!(finals, 1);
         assert!(matches!(
-            t.deny(&r.id, "carol", "x", now),
+            t.deny(&r.id, "carol", "x", now, |_| Ok::<(), ()>(())),
             Err(RequestError::Conflict(_))
         ));
     }
@@ -393,6 +404,38 @@ mod tests {
         let again = t.get(&r.id).unwrap();
         assert_eq!(again.state, RequestState::Pending);
         assert!(again.approvals.is_empty());
+    }
+
+    #[test]
+    fn a_denial_that_cannot_be_recorded_leaves_the_request_pending() {
+        let t = RequestTable::new();
+        let r = t.create(req(1), ok).unwrap().unwrap();
+        let mut seen = None;
+        let failed = t
+            .deny(&r.id, "carol", "no", SystemTime::now(), |r| {
+                seen = Some(r.state);
+                Err("audit down")
+            })
+            .unwrap();
+        assert_eq!(failed.unwrap_err(), "audit down");
+        // The record saw the denial it was asked to write...
+        assert_eq!(seen, Some(RequestState::Denied));
+        // ...and the request is as it was, still open to a review.
+        let again = t.get(&r.id).unwrap();
+        assert_eq!(again.state, RequestState::Pending);
+        assert_eq!((again.denied_by, again.deny_reason), (None, None));
+        let denied = t
+            .deny(
+                &r.id,
+                "carol",
+                "no",
+                SystemTime::now(),
+                |_| Ok::<(), ()>(()),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(denied.state, RequestState::Denied);
+        assert_eq!(denied.denied_by.as_deref(), Some("carol"));
     }
 
     #[test]

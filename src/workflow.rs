@@ -78,7 +78,16 @@ impl Gateway {
     /// A requester asks for access; auto-approved policies grant at once.
     pub fn request_access(&self, principal: &str, ask: AccessRequest) -> Result<Created, OpError> {
         let now = SystemTime::now();
-        let decision = policy::evaluate(&self.config(), principal, &ask.resource, now)
+        let config = self.config();
+        // 404, as for an admin's grant: a name that is not configured is
+        // not a policy question.
+        if config.resource(&ask.resource).is_none() {
+            return Err(OpError::NotFound(format!(
+                "no resource named {:?}",
+                ask.resource
+            )));
+        }
+        let decision = policy::evaluate(&config, principal, &ask.resource, now)
             .map_err(|n| OpError::Forbidden(n.explain.last().cloned().unwrap_or_default()))?;
         if ask.duration.is_zero() {
             return Err(OpError::Invalid("duration must be greater than 0s".into()));
@@ -267,6 +276,10 @@ impl Gateway {
                 if r.state == RequestState::Approved {
                     self.grant_for(r)?;
                 }
+                // Every approval, partial or final, is journaled before the
+                // answer: after a restart the request is as approved as it
+                // was, and cannot be approved into a second grant.
+                self.journal_request(r)?;
                 Ok::<(), OpError>(())
             })??;
         if r.state == RequestState::Approved {
@@ -295,17 +308,18 @@ impl Gateway {
                 "a reason is required to deny (--reason)".into(),
             ));
         }
-        // Audit before the answer: check first, then record, then deny.
-        let current = self
+        // Audited and journaled under the request table's lock before the
+        // answer; if either fails the request stays pending.
+        let r = self
             .requests
-            .get(&id)
-            .ok_or_else(|| OpError::NotFound(format!("no request {id}")))?;
-        let mut e = request_event("request.denied", &current);
-        e.actor = Some(by.to_string());
-        e.reason = Some(reason.to_string());
-        let r = self.requests.deny(&id, by, reason, SystemTime::now())?;
-        self.audit.write(e)?;
-        self.journal_request(&r)?;
+            .deny(&id, by, reason, SystemTime::now(), |r| {
+                let mut e = request_event("request.denied", r);
+                e.actor = Some(by.to_string());
+                e.reason = Some(reason.to_string());
+                self.audit.write(e)?;
+                self.journal_request(r)?;
+                Ok::<(), OpError>(())
+            })??;
         crate::metrics::request("denied");
         self.update_pending_gauge();
         self.notifier.send(

@@ -314,6 +314,26 @@ async fn unknown_ids_and_routes_are_404() {
         .await;
     assert_eq!(status, 404, "{body}");
     assert!(error_text(&body).contains("no-such-resource"), "{body}");
+    // The same for a requester asking for it.
+    let (status, body) = gw
+        .api(
+            "POST",
+            "/v1/requests",
+            Some(ALICE_TOKEN),
+            Some(&json!({"resource": "no-such-resource", "duration": "10m", "reason": "x"})),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(error_text(&body).contains("no-such-resource"), "{body}");
+    // A route asked with a method it does not take: 405, a JSON error.
+    for (method, path) in [
+        ("GET", format!("/v1/grants/{nobody}")),
+        ("DELETE", "/v1/requests".to_string()),
+    ] {
+        let (status, body) = gw.api(method, &path, Some(ADMIN_TOKEN), None).await;
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert!(error_text(&body).contains(method), "{body}");
+    }
     // A grant revoked once is gone the second time.
     let g = gw.grant("alice", "postgres", Duration::from_secs(60));
     let path = format!("/v1/grants/{}", g.id);

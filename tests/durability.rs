@@ -181,6 +181,50 @@ async fn acknowledged_grants_survive_kill_9_and_expired_ones_expire_on_start() {
     .await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["state"], "approved");
+    let grant_id = body["grant_id"]
+        .as_str()
+        .expect("the approval's grant")
+        .to_string();
+
+    // The approval itself survives the next kill -9: the request comes back
+    // approved with its one grant, and approving it again is refused rather
+    // than making a second grant.
+    let mut gw2 = gw2;
+    gw2.child.start_kill().unwrap();
+    gw2.child.wait().await.unwrap();
+    let gw2 = spawn(&config, admin).await;
+    let (st, list) = http(gw2.admin, "GET", "/v1/requests", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(st, 200, "{list}");
+    let back = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("request {id} after the restart: {list}"));
+    assert_eq!(back["state"], "approved", "{back}");
+    assert_eq!(back["grant_id"], grant_id.as_str(), "{back}");
+    assert_eq!(
+        back["approvals"].as_array().map(Vec::len),
+        Some(1),
+        "{back}"
+    );
+    let (st, body) = http(
+        gw2.admin,
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        Some(CAROL_TOKEN),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(st, 409, "approved twice after a restart: {body}");
+    let (_, grants) = http(gw2.admin, "GET", "/v1/grants", Some(ADMIN_TOKEN), None).await;
+    let from_request = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["reason"] == "after restart")
+        .count();
+    assert_eq!(from_request, 1, "{grants}");
     // A grant restored from the journal admits a real client.
     let mut c = tokio_postgres::Config::new();
     c.host("127.0.0.1").port(pg).user("postgres").dbname("test");

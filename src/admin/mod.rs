@@ -242,6 +242,7 @@ pub fn router(gw: Arc<Gateway>, surface: Surface) -> Router {
             .route("/v1/sessions/{id}", delete(routes::kill_session)),
     };
     app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(gw)
 }
@@ -280,6 +281,15 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// A route that exists, asked with a method it does not take: JSON like
+/// every other error.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
 }
 
 /// An API error: status and one line.
