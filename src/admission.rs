@@ -213,6 +213,37 @@ pub fn admit_with(
     Ok(Admitted { guard, session })
 }
 
+/// A connection the resource's own rules refuse before any grant is
+/// consulted (its TLS policy; a PostgreSQL replication connection):
+/// audited as `session.denied` with `outcome` and the client's `reason`,
+/// counted as denied, logged. The caller tells the client.
+pub fn deny_by_rule(
+    gw: &Gateway,
+    resource: &ResourceConfig,
+    login: &str,
+    peer: SocketAddr,
+    accepted: Instant,
+    outcome: &'static str,
+    reason: &str,
+) {
+    let name = resource.name();
+    let protocol = resource.protocol().as_str();
+    let mut e = Event::new("session.denied");
+    e.login = (!login.is_empty()).then(|| login.to_string());
+    e.resource = Some(name.to_string());
+    e.protocol = Some(protocol);
+    e.client_addr = Some(peer);
+    e.outcome = Some(outcome);
+    e.reason = Some(reason.to_string());
+    // Counted before the record is written, as every denial is.
+    m::connection(name, protocol, Outcome::Denied);
+    m::handshake(accepted.elapsed());
+    // The client is refused whether or not the record could be written; a
+    // failed write is counted and reported by the audit log itself.
+    let _ = gw.audit.write(e);
+    tracing::info!(%peer, resource = name, login, outcome, reason, "session refused by the resource's rules");
+}
+
 fn refuse(
     gw: &Gateway,
     resource: &ResourceConfig,

@@ -435,7 +435,8 @@ impl Gateway {
         e.session_id = Some(s.id);
         e.grant_id = Some(s.grant.id);
         e.principal = Some(s.grant.principal.clone());
-        e.login = Some(s.login.clone());
+        // SSH and TCP sessions have no login (docs/operations.md).
+        e.login = (!s.login.is_empty()).then(|| s.login.clone());
         e.resource = Some(s.resource.clone());
         e.protocol = Some(s.protocol.as_str());
         e.client_addr = Some(s.client_addr);

@@ -130,6 +130,19 @@ async fn mysql_async_and_the_cli_over_tls_and_plaintext_refused_when_required() 
     assert!(!ok);
     assert!(out.contains("ERROR 3159"), "{out}");
     assert!(out.contains("insecure transport"), "{out}");
+    // Both refusals are audited.
+    gw.wait_audit("session.denied", |e| e["outcome"] == "tls_required")
+        .await;
+    let denied: Vec<_> = gw
+        .audit_events("session.denied")
+        .into_iter()
+        .filter(|e| e["outcome"] == "tls_required")
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(
+        denied.iter().all(|e| e["protocol"] == "mysql"),
+        "{denied:?}"
+    );
 
     // The gateway keeps serving TLS clients.
     let mut c = my_conn(tls_opts(&gw, ALICE, trusting(&root.pem)))

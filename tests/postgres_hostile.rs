@@ -342,6 +342,22 @@ async fn replication_connections_are_refused_even_with_a_grant() {
         );
     }
     nothing_admitted(&gw);
+    // Each refusal is a decision, and audited as one.
+    gw.wait_audit("session.denied", |e| e["outcome"] == "replication")
+        .await;
+    let denied = gw.audit_events("session.denied");
+    assert_eq!(denied.len(), 3, "{denied:?}");
+    for e in &denied {
+        assert_eq!(e["outcome"], "replication", "{e}");
+        assert_eq!(e["login"], "postgres", "{e}");
+        assert!(
+            e["reason"]
+                .as_str()
+                .unwrap()
+                .contains("replication connections"),
+            "{e}"
+        );
+    }
     // `replication=false` is an ordinary session.
     let mut c = gw.pg_config("postgres");
     c.options("-c application_name=not_replication");

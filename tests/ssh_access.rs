@@ -67,6 +67,7 @@ async fn ssh_runs_a_command_and_both_versions_are_audited() {
         .wait_audit("session.ended", |e| e["grant_id"] == g.id.to_string())
         .await;
     assert_eq!(ended["outcome"], "client");
+    assert!(ended.get("login").is_none(), "{ended}");
     assert!(ended["bytes_up"].as_u64().unwrap() > 1000, "{ended}");
     assert!(ended["bytes_down"].as_u64().unwrap() > 1000, "{ended}");
     assert_eq!(

@@ -43,6 +43,7 @@ async fn echo_through_a_source_grant_is_audited_and_counted() {
         .wait_audit("session.ended", |e| e["grant_id"] == g.id.to_string())
         .await;
     assert_eq!(ended["outcome"], "client");
+    assert!(ended.get("login").is_none(), "{ended}");
     assert_eq!(ended["bytes_up"], 14);
     assert_eq!(ended["bytes_down"], 14);
     assert_eq!(

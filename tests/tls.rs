@@ -80,6 +80,11 @@ async fn psql_over_tls_require_and_verify_full_and_plaintext_refused() {
     let (ok, out) = run(&mut psql(&gw, "sslmode=disable")).await;
     assert!(!ok);
     assert!(out.contains("jitgate: tls-psql requires TLS"), "{out}");
+    let denied = gw
+        .wait_audit("session.denied", |e| e["outcome"] == "tls_required")
+        .await;
+    assert_eq!(denied["resource"], "tls-psql", "{denied}");
+    assert_eq!(denied["protocol"], "postgres", "{denied}");
     // The gateway keeps serving.
     assert!(run(&mut psql(&gw, "sslmode=require")).await.0);
 }
@@ -204,6 +209,10 @@ async fn client_certificates_are_the_identity() {
             .contains("does not name login \"postgres\""),
         "{e}"
     );
+    let denied = gw
+        .wait_audit("session.denied", |e| e["outcome"] == "certificate_login")
+        .await;
+    assert_eq!(denied["login"], "postgres", "{denied}");
     // Expired, foreign-CA, or no certificate: the TLS handshake fails.
     for (what, cfg) in [
         ("expired", client_tls(&root.pem, Some((&old_c, &old_k)))),

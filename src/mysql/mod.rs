@@ -227,6 +227,7 @@ pub async fn handle(
     if let Some(t) = &tls {
         let refusal = if t.settings.require && !client.is_tls() {
             Some((
+                "tls_required",
                 codes::SECURE_TRANSPORT_REQUIRED,
                 format!("jitgate: Connections using insecure transport are prohibited: {name} requires TLS (connect with --ssl or ssl-mode=REQUIRED)"),
             ))
@@ -235,16 +236,15 @@ pub async fn handle(
             .is_some_and(|names| !names.contains(&login))
         {
             Some((
+                "certificate_login",
                 codes::ACCESS_DENIED,
                 format!("jitgate: the client certificate does not name login {login:?}"),
             ))
         } else {
             None
         };
-        if let Some(((code, state), text)) = refusal {
-            m::connection(&name, "mysql", Outcome::Denied);
-            m::handshake(accepted.elapsed());
-            tracing::info!(%peer, resource = %name, login = %login, reason = %text, "session refused by the TLS policy");
+        if let Some((outcome, (code, state), text)) = refusal {
+            admission::deny_by_rule(&gw, &resource, &login, peer, accepted, outcome, &text);
             let _ = send_err(&mut client, seq, code, Some(state), &text).await;
             return;
         }

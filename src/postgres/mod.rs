@@ -123,9 +123,8 @@ pub async fn handle(
             "false" | "off" | "no" | "0"
         )
     }) {
-        m::connection(&name, "postgres", Outcome::Denied);
-        m::handshake(accepted.elapsed());
         let text = "jitgate: replication connections are not allowed through jitgate";
+        admission::deny_by_rule(&gw, &resource, &login, peer, accepted, "replication", text);
         let _ = send_fatal(&mut client, "28000", text, None).await;
         return;
     }
@@ -133,22 +132,22 @@ pub async fn handle(
     // TLS policy of the resource, before the grant table is consulted.
     if let Some(t) = &tls {
         let refusal = if t.settings.require && !client.is_tls() {
-            Some(format!(
-                "jitgate: {name} requires TLS (connect with sslmode=require)"
+            Some((
+                "tls_required",
+                format!("jitgate: {name} requires TLS (connect with sslmode=require)"),
             ))
         } else if t.settings.identity == TlsIdentity::Certificate
             && !certificate_names_login(&client, &login)
         {
-            Some(format!(
-                "jitgate: the client certificate does not name login {login:?}"
+            Some((
+                "certificate_login",
+                format!("jitgate: the client certificate does not name login {login:?}"),
             ))
         } else {
             None
         };
-        if let Some(text) = refusal {
-            m::connection(&name, "postgres", Outcome::Denied);
-            m::handshake(accepted.elapsed());
-            tracing::info!(%peer, resource = %name, login = %login, reason = %text, "session refused by the TLS policy");
+        if let Some((outcome, text)) = refusal {
+            admission::deny_by_rule(&gw, &resource, &login, peer, accepted, outcome, &text);
             let _ = send_fatal(&mut client, "28000", &text, None).await;
             return;
         }
