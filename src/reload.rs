@@ -413,8 +413,10 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
         }
     }
 
-    // 6. Request grants follow their policy: gone → ended; a tighter
-    // max_duration → cut back to it, counted from the grant's creation.
+    // 6. Request grants follow their policy: gone, or no longer allowing
+    // one of the grant's logins → ended (a grant is not narrowed in place:
+    // the holder asks again); a tighter max_duration → cut back to it,
+    // counted from the grant's creation.
     let at = SystemTime::now();
     let mut shortened = std::collections::HashSet::new();
     for g in gw.grants.list() {
@@ -428,6 +430,14 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
                 sum.grants_ended += usize::from(end_grant(gw, &g.id, why));
             }
             Ok(d) => {
+                if let Some(login) = g.logins.iter().find(|l| !d.logins.contains(l)) {
+                    let why = format!(
+                        "policy {:?} no longer lets {} use login {login:?} on {}",
+                        d.policy, g.principal, g.resource
+                    );
+                    sum.grants_ended += usize::from(end_grant(gw, &g.id, why));
+                    continue;
+                }
                 let tighter = before
                     .as_ref()
                     .map_or(true, |b| d.max_duration < b.max_duration);

@@ -267,6 +267,61 @@ async fn removed_users_and_tightened_policies_end_or_shorten_grants() {
 }
 
 #[tokio::test]
+async fn a_policy_that_no_longer_allows_a_login_ends_the_grants_that_carry_it() {
+    let policy = |logins: &str| {
+        format!(
+            "\n[[policy]]\nname = \"p\"\nprincipals = [\"alice\"]\nresources = [\"rl-logins\"]\nmax_duration = \"1h\"\napprovals = 0\nlogins = {logins}\n"
+        )
+    };
+    let opts = |logins: &str| {
+        let mut o = Opts::new("rl-logins");
+        o.extra = policy(logins);
+        o
+    };
+    let (gw, path) = start_with_file(opts(r#"["postgres", "root"]"#)).await;
+    let (st, req) = gw
+        .api(
+            "POST",
+            "/v1/requests",
+            Some(ALICE_TOKEN),
+            Some(&serde_json::json!({"resource": "rl-logins", "duration": "1h", "reason": "x"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{req}");
+    let grant_id = req["grant_id"].as_str().unwrap().to_string();
+    let alice = connect(&gw.pg_config("postgres")).await.unwrap();
+
+    // A policy that still allows her login keeps the grant and the session.
+    write(&path, &gw, &opts(r#"["postgres"]"#), "");
+    let (st, body) = reload(&gw).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["grants_ended"], 0, "{body}");
+    alice.client.simple_query("SELECT 1").await.unwrap();
+
+    // One that no longer does ends the grant, and the session is told.
+    write(&path, &gw, &opts(r#"["root"]"#), "");
+    let (st, body) = reload(&gw).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["grants_ended"], 1, "{body}");
+    let end = tokio::time::timeout(Duration::from_secs(5), alice.conn)
+        .await
+        .expect("the session is cut")
+        .unwrap();
+    let text = end.unwrap_err();
+    assert!(
+        text.contains("no longer lets alice use login \"postgres\""),
+        "{text}"
+    );
+    assert!(alice.client.is_closed());
+    let revoked = gw
+        .wait_audit("grant.revoked", |e| e["grant_id"] == grant_id.as_str())
+        .await;
+    assert_eq!(revoked["actor"], "config", "{revoked}");
+    // And the login is refused from now on.
+    assert!(connect(&gw.pg_config("postgres")).await.is_err());
+}
+
+#[tokio::test]
 async fn sighup_reloads_and_sigterm_tells_clients_and_exits_zero() {
     let o = Opts::new("rl-signals");
     let mut gw = common::process::Process::start(&o, &[]).await;
