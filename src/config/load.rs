@@ -102,6 +102,14 @@ struct Errors<'a> {
 }
 
 impl Errors<'_> {
+    /// An error about `[gateway] key`, placed at its value in the file.
+    /// The checks run on the parsed values, which keep no positions; the
+    /// key is found again in the text (it is there: defaults are valid).
+    fn gateway(&mut self, key: &str, message: String) {
+        let span = value_span(self.src, "gateway", key).unwrap_or(0..0);
+        self.push(span, message);
+    }
+
     fn push(&mut self, span: Range<usize>, message: String) {
         let (line, column) = if span.start == 0 && span.end == 0 {
             (0, 0)
@@ -114,6 +122,31 @@ impl Errors<'_> {
             column,
             message,
         });
+    }
+}
+
+/// Where the value of `table.key` is in `src`, if it is there.
+fn value_span(src: &str, table: &str, key: &str) -> Option<Range<usize>> {
+    let doc = toml::de::DeTable::parse(src).ok()?;
+    let (_, t) = doc
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == table)?;
+    let toml::de::DeValue::Table(t) = t.get_ref() else {
+        return None;
+    };
+    t.iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(_, v)| v.span())
+}
+
+/// `span`, or `fallback` where `span` points nowhere (a value that took its
+/// default has no place in the file).
+fn or_span(span: Range<usize>, fallback: Range<usize>) -> Range<usize> {
+    if span == (0..0) {
+        fallback
+    } else {
+        span
     }
 }
 
@@ -136,56 +169,56 @@ fn valid_name(s: &str) -> bool {
 fn validate(c: &Config, errs: &mut Errors<'_>) {
     let g = &c.gateway;
     if g.handshake_timeout.0.is_zero() {
-        errs.push(
-            0..0,
+        errs.gateway(
+            "handshake_timeout",
             "gateway.handshake_timeout must be greater than 0s".into(),
         );
     }
     if g.worker_threads > 1024 {
-        errs.push(
-            0..0,
+        errs.gateway(
+            "worker_threads",
             "gateway.worker_threads must be at most 1024 (0 = one per CPU core)".into(),
         );
     }
     if g.busy_poll.0 > std::time::Duration::from_millis(10) {
-        errs.push(
-            0..0,
+        errs.gateway(
+            "busy_poll",
             "gateway.busy_poll must be at most 10ms (0s = off)".into(),
         );
     }
     if g.admin_max_connections == 0 {
-        errs.push(
-            0..0,
+        errs.gateway(
+            "admin_max_connections",
             "gateway.admin_max_connections must be at least 1".into(),
         );
     }
     if g.admin_request_timeout.0.is_zero() {
-        errs.push(
-            0..0,
+        errs.gateway(
+            "admin_request_timeout",
             "gateway.admin_request_timeout must be greater than 0s".into(),
         );
     }
     if g.backend_connect_timeout.0.is_zero() {
-        errs.push(
-            0..0,
+        errs.gateway(
+            "backend_connect_timeout",
             "gateway.backend_connect_timeout must be greater than 0s".into(),
         );
     }
     if g.expiry_warnings.iter().any(|d| d.0.is_zero()) {
-        errs.push(
-            0..0,
+        errs.gateway(
+            "expiry_warnings",
             "gateway.expiry_warnings: every lead time must be greater than 0s".into(),
         );
     }
     if !(1024..=1 << 20).contains(&g.relay_buffer_size) {
-        errs.push(
-            0..0,
+        errs.gateway(
+            "relay_buffer_size",
             "gateway.relay_buffer_size must be between 1024 and 1048576".into(),
         );
     }
     if g.audit_rotate_bytes != 0 && g.audit_rotate_bytes < 4096 {
-        errs.push(
-            0..0,
+        errs.gateway(
+            "audit_rotate_bytes",
             "gateway.audit_rotate_bytes must be 0 (never rotate) or at least 4096".into(),
         );
     }
@@ -306,7 +339,10 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
 
 fn validate_workflow(c: &Config, errs: &mut Errors<'_>) {
     if c.gateway.request_ttl.0.is_zero() {
-        errs.push(0..0, "gateway.request_ttl must be greater than 0s".into());
+        errs.gateway(
+            "request_ttl",
+            "gateway.request_ttl must be greater than 0s".into(),
+        );
     }
     let mut groups = HashSet::new();
     for g in &c.groups {
@@ -397,7 +433,7 @@ fn validate_workflow(c: &Config, errs: &mut Errors<'_>) {
         let most = p.when.iter().filter_map(|w| w.approvals).max().unwrap_or(0) as usize;
         if needed.max(most) > approvers.len() {
             errs.push(
-                p.approvals.span(),
+                or_span(p.approvals.span(), p.name.span()),
                 format!(
                     "policy {pn:?}: needs up to {} distinct approvals but lists {} approver(s)",
                     needed.max(most),
@@ -570,6 +606,30 @@ mod tests {
                 .any(|e| e.message.contains("worker_threads must be at most 1024")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn gateway_and_defaulted_values_are_reported_with_a_position() {
+        // A gateway setting: at its value.
+        let src =
+            "[gateway]\nstate_dir = \"x\"\nhandshake_timeout = \"0s\"\nrequest_ttl = \"0s\"\n";
+        let e = parse_str(src, "gw.toml").unwrap_err();
+        let at: Vec<_> = e.0.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(at, [(3, 21), (4, 15)], "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("gw.toml:3:21: gateway.handshake_timeout must be greater than 0s"),
+            "{e}"
+        );
+        // A policy whose approvals took the default (1) but that lists no
+        // approver: at the policy's name, since `approvals` is not written.
+        let src = "\n[[policy]]\nname = \"p\"\nprincipals = [\"alice\"]\nresources = [\"pg\"]\nmax_duration = \"1h\"\n";
+        let e = parse_str(src, "p.toml").unwrap_err();
+        let e =
+            e.0.iter()
+                .find(|e| e.message.contains("distinct approvals"))
+                .unwrap_or_else(|| panic!("{e:?}"));
+        assert_eq!((e.line, e.column), (3, 8), "{e}");
     }
 
     #[test]
