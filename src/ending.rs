@@ -44,6 +44,11 @@ pub enum EndReason {
         /// The login asked for.
         login: String,
     },
+    /// The client asked for something jitgate never passes on, whatever
+    /// the grant (MySQL replication: a binary log stream would carry every
+    /// change on the server out): the command is not forwarded and the
+    /// session is closed.
+    Refused(&'static str),
     /// A protocol or I/O error on the gateway's side.
     Error,
 }
@@ -62,7 +67,7 @@ impl EndReason {
             EndReason::MaxSession(_) => "max_session",
             EndReason::Shutdown => "shutdown",
             EndReason::Config(_) => "config",
-            EndReason::LoginDenied { .. } => "denied",
+            EndReason::LoginDenied { .. } | EndReason::Refused(_) => "denied",
             EndReason::Error => "error",
         }
     }
@@ -81,6 +86,7 @@ impl EndReason {
         match self {
             EndReason::Revoked { reason, .. } | EndReason::Killed { reason, .. } => Some(reason),
             EndReason::Config(why) => Some(why),
+            EndReason::Refused(what) => Some(what),
             _ => None,
         }
     }
@@ -147,6 +153,10 @@ impl fmt::Display for ClientText<'_> {
                 f,
                 "jitgate: lost the connection to the backend of {r}; the session is closed"
             ),
+            EndReason::Refused(what) => write!(
+                f,
+                "jitgate: {what} is not allowed through jitgate; the session is closed"
+            ),
             EndReason::Client | EndReason::Error => {
                 write!(f, "jitgate: session on {r} ended")
             }
@@ -168,6 +178,10 @@ mod tests {
             .to_string()
         };
         assert_eq!(t(EndReason::Expired), "jitgate: access to prod-pg expired");
+        assert_eq!(
+            t(EndReason::Refused("replication (binary log streaming)")),
+            "jitgate: replication (binary log streaming) is not allowed through jitgate; the session is closed"
+        );
         assert_eq!(
             t(EndReason::Revoked {
                 by: "carol".into(),

@@ -453,6 +453,44 @@ async fn com_multi_which_could_hide_a_change_of_user_ends_the_session() {
 }
 
 #[tokio::test]
+async fn replication_commands_are_refused_whoever_asks() {
+    // COM_REGISTER_SLAVE, COM_BINLOG_DUMP and COM_BINLOG_DUMP_GTID: the
+    // first bytes of each are enough to refuse it; the rest is padding.
+    for (i, command) in [0x15u8, 0x12, 0x1E].into_iter().enumerate() {
+        let gw = gateway(&format!("my-h-binlog-{i}")).await;
+        let (mut s, answer) = raw_login_until_switch(gw.addr()).await;
+        s.write_all(&answer).await.unwrap();
+        let (seq, ok) = read_packet(&mut s).await;
+        assert_eq!((seq, ok.first()), (4, Some(&0u8)));
+        let mut payload = vec![command];
+        payload.extend_from_slice(&[0u8; 10]);
+        let mut out = BytesMut::new();
+        my::encode_packet(0, &payload, &mut out);
+        s.write_all(&out).await.unwrap();
+        let out = read_until_closed(&mut s, Duration::from_secs(3)).await;
+        let mut buf = BytesMut::from(&out[..]);
+        let p = my::decode_packet(&mut buf, 1 << 16)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{command:#x}: no answer: {out:?}"));
+        assert!(buf.is_empty(), "{command:#x}: only the refusal: {out:?}");
+        let e = my::parse_err(&p.payload).expect("an ERR");
+        assert_eq!(e.code, 1227, "{command:#x}: {e:?}");
+        let message = String::from_utf8_lossy(&e.message).into_owned();
+        assert!(
+            message.starts_with("jitgate: replication (binary log streaming) is not allowed"),
+            "{command:#x}: {message}"
+        );
+        let ended = gw.wait_audit("session.ended", |_| true).await;
+        assert_eq!(ended["outcome"], "denied", "{ended}");
+        assert_eq!(
+            ended["reason"], "replication (binary log streaming)",
+            "{ended}"
+        );
+        still_works(&gw).await;
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_vanishes_mid_statement_leaves_nothing_running() {
     let gw = gateway("my-h-vanish").await;
     let mut direct = my_direct().await;

@@ -103,6 +103,9 @@ pub const MAX_HANDSHAKE_PACKET: usize = 64 * 1024;
 pub mod codes {
     /// ER_ACCESS_DENIED_ERROR: no grant (PRODUCT.md §5).
     pub const ACCESS_DENIED: (u16, &str) = (1045, "28000");
+    /// ER_SPECIFIC_ACCESS_DENIED_ERROR: a command jitgate never passes on
+    /// (replication).
+    pub const SPECIFIC_ACCESS_DENIED: (u16, &str) = (1227, "42000");
     /// ER_HANDSHAKE_ERROR: a malformed handshake, TLS asked for, a timeout.
     pub const HANDSHAKE_ERROR: (u16, &str) = (1043, "08S01");
     /// ER_NET_PACKET_TOO_LARGE.

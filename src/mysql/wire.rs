@@ -163,6 +163,11 @@ fn judge(
         None if complete => Judgement::Pass,
         None => Judgement::Wait,
         Some(command::COM_MULTI) => Judgement::End(EndReason::Error),
+        // Replication through a grant would stream every change on the
+        // server out; refused whoever asks, as PostgreSQL's is.
+        Some(
+            command::COM_REGISTER_SLAVE | command::COM_BINLOG_DUMP | command::COM_BINLOG_DUMP_GTID,
+        ) => Judgement::End(EndReason::Refused("replication (binary log streaming)")),
         Some(command::COM_CHANGE_USER) => match my::change_user_login(p.head(), complete) {
             ChangeUserLogin::NeedMore => Judgement::Wait,
             ChangeUserLogin::Malformed => Judgement::End(EndReason::Error),
@@ -253,6 +258,7 @@ impl Wire for MyWire {
         .to_string();
         let (code, state) = match reason {
             EndReason::LoginDenied { .. } => codes::ACCESS_DENIED,
+            EndReason::Refused(_) => codes::SPECIFIC_ACCESS_DENIED,
             EndReason::Backend => codes::SERVER_LOST,
             _ => codes::CONNECTION_KILLED,
         };

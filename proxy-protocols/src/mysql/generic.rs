@@ -52,6 +52,8 @@ pub mod command {
     pub const COM_CHANGE_USER: u8 = 0x11;
     /// Start a binary log stream.
     pub const COM_BINLOG_DUMP: u8 = 0x12;
+    /// Register as a replica (before a binary log stream).
+    pub const COM_REGISTER_SLAVE: u8 = 0x15;
     /// Prepare a statement.
     pub const COM_STMT_PREPARE: u8 = 0x16;
     /// Execute a prepared statement.
