@@ -261,9 +261,34 @@ impl Gateway {
         id: RequestId,
         comment: &str,
     ) -> Result<Request, OpError> {
+        let now = SystemTime::now();
+        let config = self.config();
         let r = self
             .requests
-            .approve(&id, by, comment, SystemTime::now(), |r| {
+            .approve(&id, by, comment, now, |r| {
+                // The policy as it is now, not as it was when the request
+                // was made: a reload since may have taken the principal,
+                // the resource or a login out of it. Checked on every
+                // approval (after who may approve), so a request the policy
+                // no longer allows is never approved into a grant.
+                let decision = policy::evaluate(&config, &r.principal, &r.resource, now)
+                    .map_err(|n| {
+                        OpError::Conflict(format!(
+                            "the policy no longer allows this request: {}",
+                            n.explain.last().cloned().unwrap_or_default()
+                        ))
+                    })?;
+                if let Some(login) = r.logins.iter().find(|l| !decision.logins.contains(l)) {
+                    return Err(OpError::Conflict(format!(
+                        "the policy no longer allows this request: policy {:?} does not let {} use login {login:?}",
+                        decision.policy, r.principal
+                    )));
+                }
+                // A max_duration tightened since the request caps it, as it
+                // would cap a new one.
+                if r.state == RequestState::Approved && r.duration > decision.max_duration.0 {
+                    r.duration = decision.max_duration.0;
+                }
                 let mut e = request_event("request.approved", r);
                 e.actor = Some(by.to_string());
                 e.reason = (!comment.is_empty()).then(|| comment.to_string());
@@ -353,6 +378,16 @@ impl Gateway {
         let now = SystemTime::now();
         let decision = policy::evaluate(&self.config(), principal, &grant.resource, now)
             .map_err(|n| OpError::Forbidden(n.explain.last().cloned().unwrap_or_default()))?;
+        // The policy decides the extension as it would a new request: a
+        // grant that carries a login it does not allow (a break-glass grant
+        // for a wider login, a policy narrowed since) is not prolonged by it.
+        if let Some(login) = grant.logins.iter().find(|l| !decision.logins.contains(l)) {
+            return Err(OpError::Forbidden(format!(
+                "policy {:?} does not let {principal} use login {login:?} (allowed: {}); ask for a new grant",
+                decision.policy,
+                decision.logins.join(", ")
+            )));
+        }
         if decision.require_reason && reason.trim().is_empty() {
             return Err(OpError::Invalid(format!(
                 "policy {:?} requires a reason (--reason)",

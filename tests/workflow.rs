@@ -343,6 +343,108 @@ async fn an_extension_moves_a_live_sessions_deadline() {
 }
 
 #[tokio::test]
+async fn an_extension_is_decided_by_the_policy_as_a_new_request_is() {
+    // An auto-approving policy that gives alice no login here...
+    let mut o = Opts::new("wf-ext-login");
+    o.extra = policy("auto", "wf-ext-login", 0, "", "1h") + "logins = [\"nobody\"]\n";
+    let gw = start(o).await;
+    // ...and a break-glass grant an admin gave her for one of her logins:
+    // the policy must not prolong what it would not have granted.
+    let g = gw.grant("alice", "postgres", Duration::from_secs(600));
+    let deadline = g.expires_at();
+    let (st, body) = gw
+        .api(
+            "POST",
+            &format!("/v1/grants/{}/extend", g.id),
+            Some(ALICE_TOKEN),
+            Some(&json!({"by": "1h", "reason": "more"})),
+        )
+        .await;
+    assert_eq!(st, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not let alice use login \"postgres\""),
+        "{body}"
+    );
+    assert_eq!(
+        gw.running.gateway.grants.get(&g.id).unwrap().expires_at(),
+        deadline
+    );
+    assert!(gw.audit_events("grant.extended").is_empty());
+    assert!(gw.audit_events("request.created").is_empty());
+}
+
+#[tokio::test]
+async fn a_request_the_policy_no_longer_allows_cannot_be_approved() {
+    let mut o = Opts::new("wf-stale");
+    o.extra = policy("one", "wf-stale", 1, r#""carol""#, "1h");
+    let gw = start(o).await;
+    let path = gw.dir.path().join("jitgate.toml");
+    gw.running.gateway.listeners.set_path(path.clone());
+    let (st, req) = gw
+        .api(
+            "POST",
+            "/v1/requests",
+            Some(ALICE_TOKEN),
+            Some(&json!({"resource": "wf-stale", "duration": "30m", "reason": "x"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{req}");
+    let id = req["id"].as_str().unwrap().to_string();
+    let approve = || {
+        let path = format!("/v1/requests/{id}/approve");
+        let gw = &gw;
+        async move {
+            gw.api("POST", &path, Some(CAROL_TOKEN), Some(&json!({})))
+                .await
+        }
+    };
+
+    // The policy is narrowed to 10 minutes: approved, but for 10 minutes.
+    let mut o = Opts::new("wf-stale");
+    o.extra = policy("one", "wf-stale", 1, r#""carol""#, "10m").replace(
+        r#"principals = ["alice"]"#,
+        r#"principals = ["alice", "bob"]"#,
+    );
+    std::fs::write(&path, config_text(&o, gw.dir.path())).unwrap();
+    let (st, body) = gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(st, 200, "{body}");
+    // Then alice is taken out of it before carol gets to the request.
+    let mut o = Opts::new("wf-stale");
+    o.extra = policy("one", "wf-stale", 1, r#""carol""#, "10m")
+        .replace(r#"principals = ["alice"]"#, r#"principals = ["bob"]"#);
+    std::fs::write(&path, config_text(&o, gw.dir.path())).unwrap();
+    let (st, body) = gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = approve().await;
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("the policy no longer allows this request"),
+        "{body}"
+    );
+    assert!(gw.audit_events("request.approved").is_empty());
+    assert!(gw.audit_events("grant.created").is_empty());
+    assert!(denied(&gw).await, "no grant was made");
+
+    // Put back (narrowed to 10 minutes): the approval goes through, capped.
+    let mut o = Opts::new("wf-stale");
+    o.extra = policy("one", "wf-stale", 1, r#""carol""#, "10m");
+    std::fs::write(&path, config_text(&o, gw.dir.path())).unwrap();
+    let (st, body) = gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = approve().await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["state"], "approved", "{body}");
+    assert_eq!(body["duration"], "10m", "{body}");
+    assert!(!denied(&gw).await, "the approval admits");
+}
+
+#[tokio::test]
 async fn release_ends_the_holders_sessions_now() {
     let mut o = Opts::new("wf-release");
     o.extra = policy("auto", "wf-release", 0, "", "1h");
