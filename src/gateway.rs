@@ -174,6 +174,10 @@ impl Gateway {
             self.grants.restore(rec);
             live += 1;
         }
+        // The configuration may have changed while jitgate was down: what it
+        // no longer allows ends now, as a reload would end it.
+        let refused = crate::reload::end_refused_grants(self, &self.config(), now);
+        live -= refused;
         let requests = replay.requests.len();
         for r in replay.requests {
             self.requests.restore(r);
@@ -189,6 +193,7 @@ impl Gateway {
             records = replay.records,
             grants = live,
             expired_while_down = expired,
+            ended_by_the_configuration = refused,
             requests,
             "state restored from the journal"
         );

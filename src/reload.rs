@@ -255,6 +255,46 @@ fn end_grant(gw: &Gateway, id: &uuid::Uuid, why: String) -> bool {
     gw.grants.remove(id, EndReason::Config(why)).is_some()
 }
 
+/// End the grants `config` no longer allows, and say how many ended: those
+/// whose principal is no longer a user or whose resource is gone, and
+/// request grants whose policy no longer lets their holder use the resource
+/// or one of their logins. A reload runs it on the new configuration; the
+/// start runs it on the grants read back from the journal, so a change made
+/// while jitgate was down takes effect as a reload's would.
+pub(crate) fn end_refused_grants(gw: &Gateway, config: &Config, at: SystemTime) -> usize {
+    let mut ended = 0;
+    for g in gw.grants.list() {
+        let why = if config.user(&g.principal).is_none() {
+            Some(format!("user {} was removed", g.principal))
+        } else if config.resource(&g.resource).is_none() {
+            Some(format!("resource {} was removed", g.resource))
+        } else if matches!(g.kind, GrantKind::Request(_)) {
+            match crate::policy::evaluate(config, &g.principal, &g.resource, at) {
+                Err(_) => Some(format!(
+                    "no policy lets {} use {} any more",
+                    g.principal, g.resource
+                )),
+                Ok(d) => g
+                    .logins
+                    .iter()
+                    .find(|l| !d.logins.contains(l))
+                    .map(|login| {
+                        format!(
+                            "policy {:?} no longer lets {} use login {login:?} on {}",
+                            d.policy, g.principal, g.resource
+                        )
+                    }),
+            }
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            ended += usize::from(end_grant(gw, &g.id, why));
+        }
+    }
+    ended
+}
+
 /// Apply a validated configuration as a diff.
 pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadError> {
     let _serial = gw.listeners.reload.lock().await;
@@ -403,55 +443,35 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
         }
     }
 
-    // 5. Removed users lose their grants.
-    for u in &old.users {
-        if new.user(u.name()).is_none() {
-            let why = format!("user {} was removed", u.name());
-            for g in gw.grants.list().iter().filter(|g| g.principal == u.name()) {
-                sum.grants_ended += usize::from(end_grant(gw, &g.id, why.clone()));
-            }
-        }
-    }
-
-    // 6. Request grants follow their policy: gone, or no longer allowing
-    // one of the grant's logins → ended (a grant is not narrowed in place:
-    // the holder asks again); a tighter max_duration → cut back to it,
-    // counted from the grant's creation.
+    // 5. Grants the new configuration refuses end: removed users', and
+    // request grants whose policy is gone or no longer allows one of their
+    // logins (a grant is not narrowed in place: the holder asks again).
     let at = SystemTime::now();
+    sum.grants_ended += end_refused_grants(gw, &new, at);
+
+    // 6. A tighter max_duration cuts the request grants left back to it,
+    // counted from the grant's creation.
     let mut shortened = std::collections::HashSet::new();
     for g in gw.grants.list() {
         if !matches!(g.kind, GrantKind::Request(_)) {
             continue;
         }
         let before = crate::policy::evaluate(&old, &g.principal, &g.resource, at);
-        match crate::policy::evaluate(&new, &g.principal, &g.resource, at) {
-            Err(_) => {
-                let why = format!("no policy lets {} use {} any more", g.principal, g.resource);
-                sum.grants_ended += usize::from(end_grant(gw, &g.id, why));
-            }
-            Ok(d) => {
-                if let Some(login) = g.logins.iter().find(|l| !d.logins.contains(l)) {
-                    let why = format!(
-                        "policy {:?} no longer lets {} use login {login:?} on {}",
-                        d.policy, g.principal, g.resource
-                    );
-                    sum.grants_ended += usize::from(end_grant(gw, &g.id, why));
-                    continue;
-                }
-                let tighter = before
-                    .as_ref()
-                    .map_or(true, |b| d.max_duration < b.max_duration);
-                let cut = g.created_at + d.max_duration.0;
-                if tighter && cut < g.expires_at() {
-                    let _ = gw.journal.append(&Record::GrantExtended {
-                        id: g.id,
-                        expires_at: cut,
-                    });
-                    if gw.grants.set_deadline(&g.id, cut) {
-                        sum.grants_shortened += 1;
-                        shortened.insert(g.id);
-                    }
-                }
+        let Ok(d) = crate::policy::evaluate(&new, &g.principal, &g.resource, at) else {
+            continue;
+        };
+        let tighter = before
+            .as_ref()
+            .map_or(true, |b| d.max_duration < b.max_duration);
+        let cut = g.created_at + d.max_duration.0;
+        if tighter && cut < g.expires_at() {
+            let _ = gw.journal.append(&Record::GrantExtended {
+                id: g.id,
+                expires_at: cut,
+            });
+            if gw.grants.set_deadline(&g.id, cut) {
+                sum.grants_shortened += 1;
+                shortened.insert(g.id);
             }
         }
     }

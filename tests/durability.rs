@@ -235,3 +235,108 @@ async fn acknowledged_grants_survive_kill_9_and_expired_ones_expire_on_start() {
     tokio::spawn(conn);
     client.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn grants_the_configuration_no_longer_allows_end_at_the_start() {
+    // What a reload would end, a restart on a changed file ends too: bob is
+    // removed, and alice's policy no longer gives her login postgres.
+    let dir = tempfile::tempdir().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pg = free_port();
+    let config = write_config(dir.path(), admin, pg);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("approvals = 1\napprovers = [\"carol\"]", "approvals = 0");
+    std::fs::write(&config, &text).unwrap();
+    let mut gw = spawn(&config, admin).await;
+    let (st, req) = http(
+        admin,
+        "POST",
+        "/v1/requests",
+        Some(ALICE_TOKEN),
+        Some(&json!({"resource": "dur-pg", "duration": "1h", "reason": "alice's"}).to_string()),
+    )
+    .await;
+    assert_eq!(st, 201, "{req}");
+    assert_eq!(req["state"], "approved", "{req}");
+    let (st, bobs) = http(
+        admin,
+        "POST",
+        "/v1/grants",
+        Some(ADMIN_TOKEN),
+        Some(
+            &json!({"principal": "bob", "resource": "dur-pg", "duration": "1h", "reason": "bob's"})
+                .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(st, 201, "{bobs}");
+    let (st, glass) = http(
+        admin,
+        "POST",
+        "/v1/grants",
+        Some(ADMIN_TOKEN),
+        Some(&json!({"principal": "alice", "resource": "dur-pg", "duration": "1h", "reason": "break-glass"}).to_string()),
+    )
+    .await;
+    assert_eq!(st, 201, "{glass}");
+    gw.child.start_kill().unwrap();
+    gw.child.wait().await.unwrap();
+
+    // While it is down: bob's [[user]] goes, and the policy's logins exclude
+    // postgres.
+    let bob_at = text.find("name = \"bob\"").unwrap();
+    let start = text[..bob_at].rfind("[[user]]").unwrap();
+    let end = text[bob_at..].find("[[user]]").unwrap() + bob_at;
+    let changed = format!("{}{}", &text[..start], &text[end..])
+        .replace("approvals = 0", "approvals = 0\nlogins = [\"nobody\"]");
+    std::fs::write(&config, changed).unwrap();
+    let gw = spawn(&config, admin).await;
+    let (st, grants) = http(gw.admin, "GET", "/v1/grants", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(st, 200, "{grants}");
+    let reasons: Vec<&str> = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["reason"].as_str().unwrap())
+        .collect();
+    // Only the break-glass grant stays: no policy decides it, its user and
+    // its login are still configured.
+    assert_eq!(reasons, ["break-glass"], "{grants}");
+    let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).unwrap();
+    let ended = |id: &str, why: &str| {
+        audit.lines().any(|l| {
+            l.contains("\"grant.revoked\"")
+                && l.contains(id)
+                && l.contains(why)
+                && l.contains("\"actor\":\"config\"")
+        })
+    };
+    assert!(
+        ended(bobs["id"].as_str().unwrap(), "user bob was removed"),
+        "{audit}"
+    );
+    assert!(
+        ended(
+            req["grant_id"].as_str().unwrap(),
+            "no longer lets alice use login"
+        ),
+        "{audit}"
+    );
+    // The login the policy dropped is refused, whatever the journal held.
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1").port(pg).user("postgres").dbname("test");
+    // alice's break-glass grant still admits postgres; bob's root does not.
+    let (client, conn) = c
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("break-glass admits");
+    tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.unwrap();
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1").port(pg).user("root").dbname("test");
+    assert!(
+        c.connect(tokio_postgres::NoTls).await.is_err(),
+        "bob's grant is gone"
+    );
+}
