@@ -89,14 +89,15 @@ impl Listeners {
             .collect()
     }
 
-    /// The client-leg TLS material of a resource, if it has some.
-    pub fn tls(&self, name: &str) -> Option<Arc<ServerTls>> {
-        self.lock().get(name).and_then(|h| h.tls.load_full())
-    }
-
-    /// The backend-leg TLS settings of a resource.
-    pub fn backend_tls(&self, name: &str) -> Option<Arc<BackendTls>> {
-        self.lock().get(name).map(|h| h.backend_tls.load_full())
+    /// The TLS settings of both legs of a resource, as a connection takes
+    /// them when it arrives; `None` when the resource has no listener entry
+    /// (a reload is removing it or moving it), where its TLS policy cannot
+    /// be known and the connection must be refused, not served in plaintext.
+    pub fn tls_state(&self, name: &str) -> Option<TlsState> {
+        self.lock().get(name).map(|h| TlsState {
+            client: h.tls.load_full(),
+            backend: h.backend_tls.load_full(),
+        })
     }
 
     /// Remember the config file reloads read.
@@ -132,6 +133,15 @@ pub fn tls_material(
         r.backend(),
     )?);
     Ok((server, backend))
+}
+
+/// A resource's TLS settings for one connection ([`Listeners::tls_state`]).
+#[derive(Debug, Clone)]
+pub struct TlsState {
+    /// The client leg (`[resource.tls]`), if it has TLS.
+    pub client: Option<Arc<ServerTls>>,
+    /// The backend leg (`[resource.backend_tls]`).
+    pub backend: Arc<BackendTls>,
 }
 
 /// Start serving `listener` for `resource`.

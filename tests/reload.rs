@@ -382,3 +382,75 @@ async fn sighup_reloads_and_sigterm_tells_clients_and_exits_zero() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_connection_whose_listener_entry_is_gone_is_refused_not_served_plaintext() {
+    // The window a reload opens when it removes or moves a resource: a
+    // connection accepted by the old listener finds no entry for its TLS
+    // policy. It must be refused, not served as if the resource had none.
+    let gw = start(Opts::new("rl-ghost-home")).await;
+    gw.grant("alice", "postgres", Duration::from_secs(60));
+    let ghost_text = format!(
+        "[gateway]\nstate_dir = \"{}\"\n[[resource]]\nname = \"rl-ghost\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nbackend = \"{}\"\n",
+        gw.dir.path().display(),
+        pg_backend()
+    );
+    let ghost_config = jitgate::config::parse_str(&ghost_text, "ghost.toml").unwrap();
+    let ghost = std::sync::Arc::new(ghost_config.resource("rl-ghost").unwrap().clone());
+    for protocol in ["postgres", "mysql"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let handler = match protocol {
+            "postgres" => tokio::spawn(jitgate::postgres::handle(
+                gw.running.gateway.clone(),
+                ghost.clone(),
+                server,
+                peer,
+            )),
+            _ => tokio::spawn(jitgate::mysql::handle(
+                gw.running.gateway.clone(),
+                ghost.clone(),
+                server,
+                peer,
+            )),
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if protocol == "postgres" {
+            // An SSLRequest: a resource without TLS would answer 'N'.
+            client
+                .write_all(&[0, 0, 0, 8, 4, 210, 22, 47])
+                .await
+                .unwrap();
+        }
+        let mut got = Vec::new();
+        // Closed (a reset when the request was left unread), not answered.
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("closed at once");
+        if let Err(e) = read {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "{protocol}: {e}"
+            );
+        }
+        assert!(
+            got.is_empty(),
+            "{protocol}: not a byte for the client: {got:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), handler)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        gw.metric(
+            "jitgate_connections_total",
+            &["resource=\"rl-ghost\"", "outcome=\"error\""]
+        ),
+        2.0
+    );
+}

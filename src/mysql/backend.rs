@@ -233,6 +233,7 @@ impl OpenError {
 pub async fn open(
     gw: &Arc<Gateway>,
     resource: &ResourceConfig,
+    tls: &BackendTls,
     client: &HandshakeResponse,
     deadline: tokio::time::Instant,
 ) -> Result<BackendLeg, OpenError> {
@@ -257,10 +258,9 @@ pub async fn open(
         my::parse_greeting(&packet.payload).map_err(|e| OpenError::Protocol(e.to_string()))?;
     gw.mysql_profiles.learn(resource.name(), &greeting);
     let (response, deprecate_eof) = backend_response(client, greeting.capabilities)?;
-    let tls = gw.listeners.backend_tls(resource.name());
     let mut payload = Vec::with_capacity(256);
     let mut out = BytesMut::with_capacity(512);
-    let (stream, next_seq) = match tls_wanted(tls.as_deref(), greeting.capabilities)? {
+    let (stream, next_seq) = match tls_wanted(Some(tls), greeting.capabilities)? {
         Some(t) => {
             let fut = start_tls(stream, t, &response);
             let mut tls = tokio::time::timeout_at(deadline, fut)

@@ -182,7 +182,13 @@ pub async fn handle(
     let name = resource.name().to_string();
     let timeout = gw.config().gateway.handshake_timeout.0;
     let deadline = tokio::time::Instant::now() + timeout;
-    let tls = gw.listeners.tls(&name);
+    let Some(tls_state) = gw.listeners.tls_state(&name) else {
+        // A reload is taking this listener away: fail closed.
+        tracing::debug!(%peer, resource = %name, "refused: the resource's listener is being removed");
+        m::connection(&name, "mysql", Outcome::Error);
+        return;
+    };
+    let tls = tls_state.client.clone();
     let mut conn = Some(Conn::Plain(client));
 
     let front = tokio::select! {
@@ -271,7 +277,14 @@ pub async fn handle(
     };
     let session = admitted.session.clone();
 
-    let leg = Box::pin(backend::open(&gw, &resource, &response, deadline)).await;
+    let leg = Box::pin(backend::open(
+        &gw,
+        &resource,
+        &tls_state.backend,
+        &response,
+        deadline,
+    ))
+    .await;
     let leg = match leg {
         Ok(leg) => leg,
         Err(e) => {
@@ -307,7 +320,7 @@ pub async fn handle(
         account: account.clone(),
         connection_id: leg.connection_id,
         timeout: gw.config().gateway.backend_connect_timeout.0,
-        tls: gw.listeners.backend_tls(&name),
+        tls: Some(tls_state.backend.clone()),
         tracker: gw.tracker.clone(),
     });
     let audit_gw = gw.clone();

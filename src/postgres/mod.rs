@@ -79,7 +79,13 @@ pub async fn handle(
     let name = resource.name().to_string();
     let timeout = gw.config().gateway.handshake_timeout.0;
     let auth_deadline = tokio::time::Instant::now() + timeout;
-    let tls = gw.listeners.tls(&name);
+    let Some(tls_state) = gw.listeners.tls_state(&name) else {
+        // A reload is taking this listener away: fail closed.
+        tracing::debug!(%peer, resource = %name, "refused: the resource's listener is being removed");
+        m::connection(&name, "postgres", Outcome::Error);
+        return;
+    };
+    let tls = tls_state.client;
     let mut conn = Some(Conn::Plain(client));
 
     let startup = tokio::select! {
@@ -175,8 +181,8 @@ pub async fn handle(
     };
     let session = admitted.session.clone();
 
-    let backend_tls = gw.listeners.backend_tls(&name);
-    let mut backend = match connect_backend(&gw, &resource, backend_tls.as_deref()).await {
+    let backend_tls = tls_state.backend;
+    let mut backend = match connect_backend(&gw, &resource, &backend_tls).await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(resource = %name, error = %e, "backend unreachable");
@@ -264,15 +270,15 @@ fn certificate_names_login(client: &Conn, login: &str) -> bool {
 async fn connect_backend(
     gw: &Gateway,
     resource: &ResourceConfig,
-    tls: Option<&BackendTls>,
+    tls: &BackendTls,
 ) -> std::io::Result<Conn> {
     let t = gw.config().gateway.backend_connect_timeout.0;
     let fut = async {
         let mut s = TcpStream::connect(resource.backend()).await?;
         s.set_nodelay(true)?;
-        let Some(tls) = tls.filter(|t| t.mode != BackendTlsMode::Disable) else {
+        if tls.mode == BackendTlsMode::Disable {
             return Ok(Conn::Plain(s));
-        };
+        }
         // SSLRequest, then 'S' (TLS follows) or 'N' (plaintext only).
         let mut req = BytesMut::new();
         pg::encode_ssl_request(&mut req);
