@@ -307,6 +307,26 @@ fn validate(c: &Config, errs: &mut Errors<'_>) {
 
     let mut users = HashSet::new();
     let mut hashes: Vec<&super::TokenHash> = Vec::new();
+    // A database session is known only by its login: a login two users
+    // list would let either use the other's grant, recorded in the other's
+    // name. Each login belongs to one user.
+    let mut login_owner: std::collections::HashMap<&str, &str> = Default::default();
+    for u in &c.users {
+        for l in &u.logins {
+            match login_owner.get(l.as_str()) {
+                Some(&other) if other != u.name() => errs.push(
+                    u.name.span(),
+                    format!(
+                        "user {:?}: login {l:?} is also listed by user {other:?}; a session is known only by its login, so each login belongs to one user",
+                        u.name()
+                    ),
+                ),
+                _ => {
+                    login_owner.insert(l.as_str(), u.name());
+                }
+            }
+        }
+    }
     for u in &c.users {
         if !valid_name(u.name()) {
             errs.push(
@@ -630,6 +650,29 @@ mod tests {
                 .find(|e| e.message.contains("distinct approvals"))
                 .unwrap_or_else(|| panic!("{e:?}"));
         assert_eq!((e.line, e.column), (3, 8), "{e}");
+    }
+
+    #[test]
+    fn a_login_belongs_to_one_user() {
+        let user = |name: &str, token: &str, logins: &str| {
+            format!(
+                "[[user]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nlogins = {logins}\n",
+                token.repeat(64)
+            )
+        };
+        let src =
+            user("alice", "a", r#"["alice", "app"]"#) + &user("bob", "b", r#"["bob", "app"]"#);
+        let e = parse_str(&src, "u.toml").unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(
+            e.0[0]
+                .message
+                .contains("login \"app\" is also listed by user \"alice\""),
+            "{e}"
+        );
+        assert_eq!(e.0[0].line, 6, "at bob's name: {e}");
+        let src = user("alice", "a", r#"["alice", "app"]"#) + &user("bob", "b", r#"["bob"]"#);
+        parse_str(&src, "u.toml").unwrap();
     }
 
     #[test]
