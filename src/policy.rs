@@ -33,8 +33,42 @@ pub struct Decision {
     pub require_reason: bool,
     /// Logins a grant may carry.
     pub logins: Vec<String>,
+    /// Networks a grant's sources must lie within (`None`: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<ipnet::IpNet>>,
     /// How the decision was reached, one line per step.
     pub explain: Vec<String>,
+}
+
+impl Decision {
+    /// Why a grant (or request) for `principal` with these logins and
+    /// sources is more than this decision allows, if it is.
+    pub fn refuses(
+        &self,
+        principal: &str,
+        logins: &[String],
+        sources: &[ipnet::IpNet],
+    ) -> Option<String> {
+        if let Some(l) = logins.iter().find(|l| !self.logins.contains(l)) {
+            return Some(format!(
+                "policy {:?} does not let {principal} use login {l:?}",
+                self.policy
+            ));
+        }
+        let allowed = self.sources.as_ref()?;
+        let outside = sources
+            .iter()
+            .find(|s| !allowed.iter().any(|a| a.contains(*s)))?;
+        Some(format!(
+            "policy {:?} does not let {principal} connect from {outside} (allowed: {})",
+            self.policy,
+            allowed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
 }
 
 /// No policy lets the principal request the resource.
@@ -193,6 +227,10 @@ pub fn evaluate(
             approvers,
             require_reason: p.require_reason,
             logins,
+            sources: p
+                .sources
+                .as_ref()
+                .map(|nets| nets.iter().map(|c| c.0).collect()),
             explain,
         });
     }

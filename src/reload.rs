@@ -267,8 +267,8 @@ fn end_grant(gw: &Gateway, id: &uuid::Uuid, why: String) -> bool {
 
 /// End the grants `config` no longer allows, and say how many ended: those
 /// whose principal is no longer a user or whose resource is gone, and
-/// request grants whose policy no longer lets their holder use the resource
-/// or one of their logins. A reload runs it on the new configuration; the
+/// request grants whose policy no longer lets their holder use the resource,
+/// one of their logins or one of their sources. A reload runs it on the new configuration; the
 /// start runs it on the grants read back from the journal, so a change made
 /// while jitgate was down takes effect as a reload's would.
 pub(crate) fn end_refused_grants(gw: &Gateway, config: &Config, at: SystemTime) -> usize {
@@ -284,16 +284,9 @@ pub(crate) fn end_refused_grants(gw: &Gateway, config: &Config, at: SystemTime) 
                     "no policy lets {} use {} any more",
                     g.principal, g.resource
                 )),
-                Ok(d) => g
-                    .logins
-                    .iter()
-                    .find(|l| !d.logins.contains(l))
-                    .map(|login| {
-                        format!(
-                            "policy {:?} no longer lets {} use login {login:?} on {}",
-                            d.policy, g.principal, g.resource
-                        )
-                    }),
+                Ok(d) => d
+                    .refuses(&g.principal, &g.logins, &g.sources)
+                    .map(|why| format!("{why} on {} any more", g.resource)),
             }
         } else {
             None
@@ -455,7 +448,8 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
 
     // 5. Grants the new configuration refuses end: removed users', and
     // request grants whose policy is gone or no longer allows one of their
-    // logins (a grant is not narrowed in place: the holder asks again).
+    // logins or sources (a grant is not narrowed in place: the holder asks
+    // again).
     let at = SystemTime::now();
     sum.grants_ended += end_refused_grants(gw, &new, at);
 

@@ -138,6 +138,10 @@ impl Gateway {
             }
             None => decision.logins.clone(),
         };
+        // The sources (ssh/tcp: the identity) within the policy's networks.
+        if let Some(why) = decision.refuses(principal, &logins, &ask.sources) {
+            return Err(OpError::Forbidden(why));
+        }
         let req = Request {
             id: Uuid::now_v7(),
             kind: RequestKind::Access,
@@ -263,50 +267,47 @@ impl Gateway {
     ) -> Result<Request, OpError> {
         let now = SystemTime::now();
         let config = self.config();
-        let r = self
-            .requests
-            .approve(&id, by, comment, now, |r| {
-                // The policy as it is now, not as it was when the request
-                // was made: a reload since may have taken the principal,
-                // the resource or a login out of it. Checked on every
-                // approval (after who may approve), so a request the policy
-                // no longer allows is never approved into a grant.
-                let decision = policy::evaluate(&config, &r.principal, &r.resource, now)
-                    .map_err(|n| {
-                        OpError::Conflict(format!(
-                            "the policy no longer allows this request: {}",
-                            n.explain.last().cloned().unwrap_or_default()
-                        ))
-                    })?;
-                if let Some(login) = r.logins.iter().find(|l| !decision.logins.contains(l)) {
-                    return Err(OpError::Conflict(format!(
-                        "the policy no longer allows this request: policy {:?} does not let {} use login {login:?}",
-                        decision.policy, r.principal
-                    )));
-                }
-                // A max_duration tightened since the request caps it, as it
-                // would cap a new one.
-                if r.state == RequestState::Approved && r.duration > decision.max_duration.0 {
-                    r.duration = decision.max_duration.0;
-                }
-                let mut e = request_event("request.approved", r);
-                e.actor = Some(by.to_string());
-                e.reason = (!comment.is_empty()).then(|| comment.to_string());
-                e.outcome = Some(if r.state == RequestState::Approved {
-                    "final"
-                } else {
-                    "partial"
-                });
-                self.audit.write(e)?;
-                if r.state == RequestState::Approved {
-                    self.grant_for(r)?;
-                }
-                // Every approval, partial or final, is journaled before the
-                // answer: after a restart the request is as approved as it
-                // was, and cannot be approved into a second grant.
-                self.journal_request(r)?;
-                Ok::<(), OpError>(())
-            })??;
+        let r = self.requests.approve(&id, by, comment, now, |r| {
+            // The policy as it is now, not as it was when the request
+            // was made: a reload since may have taken the principal,
+            // the resource or a login out of it. Checked on every
+            // approval (after who may approve), so a request the policy
+            // no longer allows is never approved into a grant.
+            let decision =
+                policy::evaluate(&config, &r.principal, &r.resource, now).map_err(|n| {
+                    OpError::Conflict(format!(
+                        "the policy no longer allows this request: {}",
+                        n.explain.last().cloned().unwrap_or_default()
+                    ))
+                })?;
+            if let Some(why) = decision.refuses(&r.principal, &r.logins, &r.sources) {
+                return Err(OpError::Conflict(format!(
+                    "the policy no longer allows this request: {why}"
+                )));
+            }
+            // A max_duration tightened since the request caps it, as it
+            // would cap a new one.
+            if r.state == RequestState::Approved && r.duration > decision.max_duration.0 {
+                r.duration = decision.max_duration.0;
+            }
+            let mut e = request_event("request.approved", r);
+            e.actor = Some(by.to_string());
+            e.reason = (!comment.is_empty()).then(|| comment.to_string());
+            e.outcome = Some(if r.state == RequestState::Approved {
+                "final"
+            } else {
+                "partial"
+            });
+            self.audit.write(e)?;
+            if r.state == RequestState::Approved {
+                self.grant_for(r)?;
+            }
+            // Every approval, partial or final, is journaled before the
+            // answer: after a restart the request is as approved as it
+            // was, and cannot be approved into a second grant.
+            self.journal_request(r)?;
+            Ok::<(), OpError>(())
+        })??;
         if r.state == RequestState::Approved {
             crate::metrics::request("approved");
             self.update_pending_gauge();
@@ -381,12 +382,8 @@ impl Gateway {
         // The policy decides the extension as it would a new request: a
         // grant that carries a login it does not allow (a break-glass grant
         // for a wider login, a policy narrowed since) is not prolonged by it.
-        if let Some(login) = grant.logins.iter().find(|l| !decision.logins.contains(l)) {
-            return Err(OpError::Forbidden(format!(
-                "policy {:?} does not let {principal} use login {login:?} (allowed: {}); ask for a new grant",
-                decision.policy,
-                decision.logins.join(", ")
-            )));
+        if let Some(why) = decision.refuses(principal, &grant.logins, &grant.sources) {
+            return Err(OpError::Forbidden(format!("{why}; ask for a new grant")));
         }
         if decision.require_reason && reason.trim().is_empty() {
             return Err(OpError::Invalid(format!(

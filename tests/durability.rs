@@ -319,7 +319,8 @@ async fn grants_the_configuration_no_longer_allows_end_at_the_start() {
     assert!(
         ended(
             req["grant_id"].as_str().unwrap(),
-            "no longer lets alice use login"
+            // JSON escapes the quotes around the login.
+            r#"does not let alice use login \"postgres\" on dur-pg any more"#
         ),
         "{audit}"
     );

@@ -309,7 +309,7 @@ async fn a_policy_that_no_longer_allows_a_login_ends_the_grants_that_carry_it() 
         .unwrap();
     let text = end.unwrap_err();
     assert!(
-        text.contains("no longer lets alice use login \"postgres\""),
+        text.contains("does not let alice use login \"postgres\" on rl-logins any more"),
         "{text}"
     );
     assert!(alice.client.is_closed());

@@ -138,3 +138,41 @@ approvals = 0
     assert_eq!(status, 400, "{e}");
     assert!(e["error"].as_str().unwrap().contains("--source"), "{e}");
 }
+
+#[tokio::test]
+async fn a_policys_sources_bound_the_networks_a_request_may_name() {
+    let backend = Backend::start(Mode::Echo).await;
+    let mut o = Opts::with_backend("req-net", "tcp", backend.addr);
+    o.extra = r#"
+[[policy]]
+name = "auto"
+principals = ["alice"]
+resources = ["req-net"]
+max_duration = "1h"
+approvals = 0
+sources = ["127.0.0.0/8"]
+"#
+    .into();
+    let gw = start(o).await;
+    // Auto-approved, so nothing but the policy stands between a requester
+    // and the networks they name: the whole Internet, or someone else's.
+    for wide in ["0.0.0.0/0", "10.1.2.3/32", "127.0.0.0/7"] {
+        let ask =
+            json!({"resource": "req-net", "duration": "10m", "reason": "x", "sources": [wide]});
+        let (status, e) = post_request(&gw, &ask).await;
+        assert_eq!(status, 403, "{wide}: {e}");
+        assert!(
+            e["error"].as_str().unwrap().contains(&format!(
+                "does not let alice connect from {wide} (allowed: 127.0.0.0/8)"
+            )),
+            "{e}"
+        );
+    }
+    assert!(gw.running.gateway.grants.list().is_empty());
+    // Within them, as the default (the requester's own address) is.
+    let ask = json!({"resource": "req-net", "duration": "10m", "reason": "x"});
+    let (status, r) = post_request(&gw, &ask).await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["state"], "approved", "{r}");
+    assert_eq!(r["sources"], json!(["127.0.0.1/32"]));
+}

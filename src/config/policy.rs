@@ -7,7 +7,7 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{HumanDuration, Secret};
+use super::{Cidr, HumanDuration, Secret};
 
 /// `[[group]]`: a named set of users, referred to as `group:NAME`.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +54,11 @@ pub struct PolicyConfig {
     /// the requester's `logins`). Default: any of the requester's logins.
     #[serde(default)]
     pub logins: Option<Vec<String>>,
+    /// Networks every source of a grant under this policy must lie within
+    /// (on ssh/tcp resources the source address is the identity, and the
+    /// requester names it). Default: any network the requester names.
+    #[serde(default)]
+    pub sources: Option<Vec<Cidr>>,
     /// `[[policy.when]]`: rules that tighten this policy in some contexts.
     /// Default: none.
     #[serde(default)]
