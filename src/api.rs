@@ -323,6 +323,9 @@ pub struct ExplainView {
     /// Logins a grant may carry.
     #[serde(default)]
     pub logins: Vec<String>,
+    /// Networks a grant's sources must lie within (absent: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
     /// How the answer was reached, step by step.
     pub explain: Vec<String>,
 }

@@ -208,6 +208,15 @@ pub fn evaluate(
                 .collect(),
             None => user_logins,
         };
+        if let Some(nets) = &p.sources {
+            explain.push(format!(
+                "sources must lie within {}",
+                nets.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         explain.push(format!(
             "result: up to {}, {}",
             HumanDuration(max),

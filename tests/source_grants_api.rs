@@ -175,4 +175,23 @@ sources = ["127.0.0.0/8"]
     assert_eq!(status, 201, "{r}");
     assert_eq!(r["state"], "approved", "{r}");
     assert_eq!(r["sources"], json!(["127.0.0.1/32"]));
+    // `policy explain` says so.
+    let (status, x) = gw
+        .api(
+            "GET",
+            "/v1/policy/explain?resource=req-net",
+            Some(ALICE_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{x}");
+    assert_eq!(x["sources"], json!(["127.0.0.0/8"]), "{x}");
+    assert!(
+        x["explain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "sources must lie within 127.0.0.0/8"),
+        "{x}"
+    );
 }

@@ -191,6 +191,9 @@ pub async fn explain(
             approvers: d.approvers.into_iter().collect(),
             require_reason: Some(d.require_reason),
             logins: d.logins,
+            sources: d
+                .sources
+                .map(|nets| nets.iter().map(ToString::to_string).collect()),
             explain: d.explain,
         },
         Err(n) => ExplainView {
@@ -204,6 +207,7 @@ pub async fn explain(
             approvers: Vec::new(),
             require_reason: None,
             logins: Vec::new(),
+            sources: None,
             explain: n.explain,
         },
     };
