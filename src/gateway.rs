@@ -200,8 +200,9 @@ impl Gateway {
         Ok(())
     }
 
-    /// Rewrite the journal as a snapshot of the live state.
-    pub fn compact(&self) -> std::io::Result<()> {
+    /// Rewrite the journal as a snapshot of the live state: at start only,
+    /// before anything else writes (see [`Journal::compact_in_place`]).
+    fn compact(&self) -> std::io::Result<()> {
         // Finished requests are kept for a week of history.
         self.requests
             .forget_finished_before(SystemTime::now() - Duration::from_secs(7 * 86_400));
@@ -285,7 +286,7 @@ impl Gateway {
             .append(&Record::Grant(rec.clone()))
             .map_err(OpError::Journal)?;
         if let Err(err) = self.audit.write(e) {
-            let _ = self.journal.append(&Record::GrantEnded { id: rec.id });
+            let _ = self.journal.append_end(rec.id);
             return Err(err.into());
         }
         let grant = self.grants.restore(rec);
@@ -335,11 +336,11 @@ impl Gateway {
     /// (not failing) when it cannot be written.
     async fn journal_removal(&self, id: GrantId) {
         let journal = self.journal.clone();
-        let r = tokio::task::spawn_blocking(move || journal.append(&Record::GrantEnded { id }))
+        let r = tokio::task::spawn_blocking(move || journal.append_end(id))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(err) = r {
-            tracing::error!(grant = %id, error = %err, "grant ended in memory but not in the journal: it returns after a restart unless revoked again");
+            tracing::error!(grant = %id, error = %err, "grant ended in memory but not yet in the journal: written again every second until it is (a start before that would bring the grant back)");
         }
     }
 

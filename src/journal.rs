@@ -112,6 +112,15 @@ pub struct Journal {
     path: PathBuf,
     file: Mutex<File>,
     since_compaction: AtomicUsize,
+    /// Grants ended in memory whose `grant_ended` record could not be
+    /// written (a full or failing disk): written again by
+    /// [`Journal::retry_unwritten`] and applied by every compaction, so a
+    /// revoked grant does not come back at the next start once the disk
+    /// works again.
+    unwritten_ends: Mutex<Vec<Uuid>>,
+    /// Tests: every write fails while set (a full disk, without one).
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 fn checksum(json: &[u8]) -> String {
@@ -141,6 +150,18 @@ fn decode(line: &[u8]) -> Result<Record, String> {
     serde_json::from_slice(json).map_err(|e| format!("bad record: {e}"))
 }
 
+/// The journal lines of a state: each grant, then each request.
+fn snapshot(grants: &[GrantRecord], requests: &[Request]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for g in grants {
+        out.extend(encode(&Record::Grant(g.clone()))?);
+    }
+    for r in requests {
+        out.extend(encode(&Record::Request(Box::new(r.clone())))?);
+    }
+    Ok(out)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -167,6 +188,9 @@ impl Journal {
                 path,
                 file: Mutex::new(file),
                 since_compaction: AtomicUsize::new(0),
+                unwritten_ends: Mutex::new(Vec::new()),
+                #[cfg(test)]
+                fail_writes: std::sync::atomic::AtomicBool::new(false),
             },
             replay,
         ))
@@ -264,6 +288,10 @@ impl Journal {
     fn write(&self, rec: &Record, sync: bool) -> io::Result<()> {
         let line = encode(rec)?;
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(test)]
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected write failure"));
+        }
         let len = f.metadata()?.len();
         let r = f
             .write_all(&line)
@@ -278,27 +306,111 @@ impl Journal {
         Ok(())
     }
 
+    /// Record that grant `id` ended (fsynced). When it cannot be written,
+    /// the end is kept to be written again ([`Journal::retry_unwritten`])
+    /// and the error returned: the grant has ended in memory, and must not
+    /// come back from the journal.
+    pub fn append_end(&self, id: Uuid) -> io::Result<()> {
+        let r = self.append(&Record::GrantEnded { id });
+        if r.is_err() {
+            self.unwritten_ends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id);
+        }
+        r
+    }
+
+    /// Write the ends that could not be written before; how many are
+    /// still unwritten.
+    pub fn retry_unwritten(&self) -> usize {
+        let pending = std::mem::take(
+            &mut *self
+                .unwritten_ends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if pending.is_empty() {
+            return 0;
+        }
+        let mut left = Vec::new();
+        for id in pending {
+            if self.append(&Record::GrantEnded { id }).is_err() {
+                left.push(id);
+            }
+        }
+        let n = left.len();
+        if n == 0 {
+            tracing::info!(path = %self.path.display(), "journal caught up: every grant's end is written");
+        }
+        self.unwritten_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(left);
+        n
+    }
+
     /// Whether the tail has grown enough to compact.
     pub fn wants_compaction(&self) -> bool {
         self.since_compaction.load(Ordering::Relaxed) >= COMPACT_AFTER
     }
 
-    /// Replace the journal by a snapshot of the live state.
-    pub fn compact(&self, grants: &[GrantRecord], requests: &[Request]) -> io::Result<()> {
-        let tmp = self.path.with_extension("jsonl.tmp");
-        let mut out = Vec::new();
-        for g in grants {
-            out.extend(encode(&Record::Grant(g.clone()))?);
-        }
-        for r in requests {
-            out.extend(encode(&Record::Request(Box::new(r.clone())))?);
-        }
-        // Hold the writer's lock so no append lands in the old file after
-        // the snapshot was taken from the tables.
+    /// Rewrite the journal as the state it records, read from the file
+    /// itself while holding the writer's lock, then renamed into place. A
+    /// running gateway compacts this way, not from its tables: a snapshot of
+    /// the tables taken before the lock could miss a record appended in
+    /// between (a grant created, a grant ended), which the rename would
+    /// then drop. Requests finished before `forget_before` are left out;
+    /// ends that could not be written are applied.
+    pub fn compact_in_place(&self, forget_before: SystemTime) -> Result<(), JournalError> {
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = Self::replay(&self.path, &mut f)?;
+        let unwritten: Vec<Uuid> = self
+            .unwritten_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        state.grants.retain(|g| !unwritten.contains(&g.id));
+        state.requests.retain(|r| {
+            r.state == crate::requests::RequestState::Pending
+                || r.expires_at >= forget_before
+                || r.created_at >= forget_before
+        });
+        let io_err = |source| JournalError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let out = snapshot(&state.grants, &state.requests).map_err(io_err)?;
+        self.replace(&mut f, &out).map_err(io_err)?;
+        // The ends applied are in the new file now (by the grants' absence).
+        self.unwritten_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id| !unwritten.contains(id));
+        Ok(())
+    }
+
+    /// Replace the journal by a snapshot of the live state. Only where
+    /// nothing else writes (at start, before anything is served): a running
+    /// gateway uses [`Journal::compact_in_place`].
+    pub fn compact(&self, grants: &[GrantRecord], requests: &[Request]) -> io::Result<()> {
+        let out = snapshot(grants, requests)?;
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        self.replace(&mut f, &out)?;
+        self.unwritten_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    /// Write `out` to a temporary file, sync it and rename it over the
+    /// journal; `f` (the writer, locked) is reopened on the new file.
+    fn replace(&self, f: &mut File, out: &[u8]) -> io::Result<()> {
+        let tmp = self.path.with_extension("jsonl.tmp");
         {
             let mut t = File::create(&tmp)?;
-            t.write_all(&out)?;
+            t.write_all(out)?;
             t.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
@@ -463,5 +575,162 @@ mod tests {
         let (_, r) = Journal::open(dir.path()).unwrap();
         let ids: Vec<Uuid> = r.grants.iter().map(|g| g.id).collect();
         assert_eq!(ids, [keep.id, more.id]);
+    }
+
+    fn request(state: crate::requests::RequestState, age: Duration) -> Request {
+        let at = SystemTime::now() - age;
+        Request {
+            id: Uuid::now_v7(),
+            kind: crate::requests::RequestKind::Access,
+            principal: "alice".into(),
+            resource: "pg".into(),
+            logins: vec!["postgres".into()],
+            sources: vec![],
+            requested: Duration::from_secs(600),
+            duration: Duration::from_secs(600),
+            reason: "r".into(),
+            policy: "p".into(),
+            needed: 1,
+            approvers: ["carol".to_string()].into_iter().collect(),
+            approvals: vec![],
+            state,
+            created_at: at,
+            expires_at: at + Duration::from_secs(3600),
+            denied_by: None,
+            deny_reason: None,
+            grant_id: None,
+        }
+    }
+
+    #[test]
+    fn compaction_in_place_keeps_what_a_replay_gives() {
+        use crate::requests::RequestState;
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let (a, b, c) = (grant(1), grant(2), grant(3));
+        for g in [&a, &b, &c] {
+            j.append(&Record::Grant(g.clone())).unwrap();
+        }
+        j.append(&Record::GrantEnded { id: b.id }).unwrap();
+        let later = c.expires_at + Duration::from_secs(600);
+        j.append(&Record::GrantExtended {
+            id: c.id,
+            expires_at: later,
+        })
+        .unwrap();
+        let pending = request(RequestState::Pending, Duration::from_secs(30 * 86_400));
+        let old_done = request(RequestState::Denied, Duration::from_secs(30 * 86_400));
+        let new_done = request(RequestState::Approved, Duration::from_secs(60));
+        for r in [&pending, &old_done, &new_done] {
+            j.append(&Record::Request(Box::new(r.clone()))).unwrap();
+        }
+        let week_ago = SystemTime::now() - Duration::from_secs(7 * 86_400);
+        j.compact_in_place(week_ago).unwrap();
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.records, 4, "two grants and two requests, nothing else");
+        let ids: Vec<Uuid> = r.grants.iter().map(|g| g.id).collect();
+        assert_eq!(ids, [a.id, c.id]);
+        let ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        };
+        assert_eq!(ms(r.grants[1].expires_at), ms(later));
+        let mut kept: Vec<Uuid> = r.requests.iter().map(|r| r.id).collect();
+        kept.sort();
+        let mut want = vec![pending.id, new_done.id];
+        want.sort();
+        assert_eq!(kept, want, "a week-old finished request is forgotten");
+    }
+
+    #[test]
+    fn compaction_in_place_loses_nothing_appended_while_it_runs() {
+        // Writers append grants and end every other one while compactions
+        // run back to back: whatever interleaving, the journal must replay
+        // to exactly the grants not ended.
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let j = std::sync::Arc::new(j);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let compactor = {
+            let (j, done) = (j.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !done.load(Ordering::SeqCst) {
+                    j.compact_in_place(SystemTime::UNIX_EPOCH).unwrap();
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                n
+            })
+        };
+        let writers: Vec<_> = (0..2u8)
+            .map(|w| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    let mut live = Vec::new();
+                    // Unsynced: what is tested is the lock, not the disk.
+                    for i in 0..300u32 {
+                        let g = grant(w);
+                        j.append_unsynced(&Record::Grant(g.clone())).unwrap();
+                        if i % 2 == 0 {
+                            j.append_unsynced(&Record::GrantEnded { id: g.id }).unwrap();
+                        } else {
+                            live.push(g.id);
+                        }
+                    }
+                    live
+                })
+            })
+            .collect();
+        let mut want: Vec<Uuid> = writers
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        done.store(true, Ordering::SeqCst);
+        let compactions = compactor.join().unwrap();
+        assert!(compactions > 1, "compactions ran during the appends");
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        let mut got: Vec<Uuid> = r.grants.iter().map(|g| g.id).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got.len(), 300);
+        assert!(
+            got == want,
+            "a record appended during a compaction was lost"
+        );
+    }
+
+    #[test]
+    fn an_end_the_disk_refused_is_written_later_or_compacted_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let (a, b) = (grant(1), grant(2));
+        j.append(&Record::Grant(a.clone())).unwrap();
+        j.append(&Record::Grant(b.clone())).unwrap();
+        // The disk fails as a revoke records its end.
+        j.fail_writes.store(true, Ordering::SeqCst);
+        assert!(j.append_end(a.id).is_err());
+        assert_eq!(j.retry_unwritten(), 1, "still failing: still owed");
+        // A start now would bring the revoked grant back...
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert!(r.grants.iter().any(|g| g.id == a.id));
+        // ...so once the disk works, the next retry writes the end.
+        j.fail_writes.store(false, Ordering::SeqCst);
+        assert_eq!(j.retry_unwritten(), 0);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        let ids: Vec<Uuid> = r.grants.iter().map(|g| g.id).collect();
+        assert_eq!(ids, [b.id]);
+        // An end still owed when a compaction runs is applied by it.
+        j.fail_writes.store(true, Ordering::SeqCst);
+        assert!(j.append_end(b.id).is_err());
+        j.fail_writes.store(false, Ordering::SeqCst);
+        j.compact_in_place(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(j.retry_unwritten(), 0, "nothing owed after the compaction");
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert!(r.grants.is_empty(), "{:?}", r.grants);
     }
 }

@@ -261,7 +261,7 @@ fn end_grant(gw: &Gateway, id: &uuid::Uuid, why: String) -> bool {
         e.resource = Some(g.resource.clone());
     }
     let _ = gw.audit.write(e);
-    let _ = gw.journal.append(&Record::GrantEnded { id: *id });
+    let _ = gw.journal.append_end(*id);
     gw.grants.remove(id, EndReason::Config(why)).is_some()
 }
 

@@ -488,8 +488,15 @@ impl Gateway {
     /// announce grants that end within the longest expiry warning.
     pub fn sweep(&self, now: SystemTime) {
         self.limits.forget_idle();
+        // Ends a failing disk could not take, written again.
+        self.journal.retry_unwritten();
         if self.journal.wants_compaction() {
-            if let Err(e) = self.compact() {
+            // Finished requests are kept for a week of history.
+            let week_ago = now
+                .checked_sub(Duration::from_secs(7 * 86_400))
+                .unwrap_or(std::time::UNIX_EPOCH);
+            self.requests.forget_finished_before(week_ago);
+            if let Err(e) = self.journal.compact_in_place(week_ago) {
                 tracing::error!(error = %e, "journal compaction failed; will retry");
             }
         }
