@@ -120,7 +120,10 @@ pub struct Journal {
     unwritten_ends: Mutex<Vec<Uuid>>,
     /// Tests: every write fails while set (a full disk, without one).
     #[cfg(test)]
-    fail_writes: std::sync::atomic::AtomicBool,
+    pub(crate) fail_writes: std::sync::atomic::AtomicBool,
+    /// Tests: writes of request records fail while set.
+    #[cfg(test)]
+    pub(crate) fail_request_writes: std::sync::atomic::AtomicBool,
 }
 
 fn checksum(json: &[u8]) -> String {
@@ -191,6 +194,8 @@ impl Journal {
                 unwritten_ends: Mutex::new(Vec::new()),
                 #[cfg(test)]
                 fail_writes: std::sync::atomic::AtomicBool::new(false),
+                #[cfg(test)]
+                fail_request_writes: std::sync::atomic::AtomicBool::new(false),
             },
             replay,
         ))
@@ -289,7 +294,10 @@ impl Journal {
         let line = encode(rec)?;
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         #[cfg(test)]
-        if self.fail_writes.load(Ordering::SeqCst) {
+        if self.fail_writes.load(Ordering::SeqCst)
+            || (matches!(rec, Record::Request(_))
+                && self.fail_request_writes.load(Ordering::SeqCst))
+        {
             return Err(io::Error::other("injected write failure"));
         }
         let len = f.metadata()?.len();

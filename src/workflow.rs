@@ -199,7 +199,7 @@ impl Gateway {
                 r.state = RequestState::Approved;
                 self.grant_for(r)?;
             }
-            self.journal_request(r)?;
+            self.journal_request_or_withdraw(r)?;
             Ok::<(), OpError>(())
         })??;
         let outcome = if created.state == RequestState::Approved {
@@ -305,7 +305,7 @@ impl Gateway {
             // Every approval, partial or final, is journaled before the
             // answer: after a restart the request is as approved as it
             // was, and cannot be approved into a second grant.
-            self.journal_request(r)?;
+            self.journal_request_or_withdraw(r)?;
             Ok::<(), OpError>(())
         })??;
         if r.state == RequestState::Approved {
@@ -474,6 +474,31 @@ impl Gateway {
             .await)
     }
 
+    /// Journal a request whose grant may just have been created. If the
+    /// record cannot be written the caller undoes the request and the API
+    /// answers that nothing changed, so a grant made for it is withdrawn
+    /// too: otherwise it would stay live, and a retry would make another.
+    fn journal_request_or_withdraw(&self, r: &Request) -> Result<(), OpError> {
+        let written = self.journal_request(r);
+        if written.is_err() && r.state == RequestState::Approved && r.kind == RequestKind::Access {
+            if let Some(id) = r.grant_id {
+                let why = "its request could not be journaled; nothing was granted";
+                let mut e = Event::new("grant.revoked");
+                e.grant_id = Some(id);
+                e.request_id = Some(r.id);
+                e.principal = Some(r.principal.clone());
+                e.resource = Some(r.resource.clone());
+                e.actor = Some("jitgate".into());
+                e.reason = Some(why.into());
+                let _ = self.audit.write(e);
+                self.grants.remove(&id, EndReason::Config(why.into()));
+                let _ = self.journal.append_end(id);
+                crate::metrics::grants_active(self.grants.len());
+            }
+        }
+        written
+    }
+
     fn journal_request(&self, r: &Request) -> Result<(), OpError> {
         self.journal
             .append(&Record::Request(Box::new(r.clone())))
@@ -542,5 +567,75 @@ impl Gateway {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_grant_whose_request_cannot_be_journaled_is_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[gateway]
+state_dir = "{}"
+admin_listen = "127.0.0.1:0"
+
+[[resource]]
+name = "pg"
+protocol = "postgres"
+listen = "127.0.0.1:0"
+backend = "127.0.0.1:5432"
+
+[[user]]
+name = "alice"
+token_sha256 = "{}"
+roles = ["requester"]
+logins = ["alice"]
+
+[[policy]]
+name = "auto"
+principals = ["alice"]
+resources = ["pg"]
+max_duration = "1h"
+approvals = 0
+"#,
+            dir.path().display(),
+            "a".repeat(64)
+        );
+        let config = crate::config::parse_str(&text, "t.toml").unwrap();
+        let gw = Gateway::new(config).unwrap();
+        // The grant's record goes through; the request's, just after, does not.
+        gw.journal.fail_request_writes.store(true, Ordering::SeqCst);
+        let ask = AccessRequest {
+            resource: "pg".into(),
+            duration: Duration::from_secs(600),
+            reason: "x".into(),
+            logins: None,
+            sources: vec![],
+        };
+        let r = gw.request_access("alice", ask.clone());
+        assert!(matches!(r, Err(OpError::Journal(_))), "{r:?}");
+        // "Nothing was changed": no request, and no grant left behind.
+        assert!(gw.requests.list().is_empty());
+        assert!(gw.grants.list().is_empty(), "the grant was withdrawn");
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(audit.contains("\"grant.created\""), "{audit}");
+        assert!(
+            audit.contains("\"grant.revoked\"")
+                && audit.contains("its request could not be journaled"),
+            "{audit}"
+        );
+        // Nor does it come back from the journal.
+        gw.journal
+            .fail_request_writes
+            .store(false, Ordering::SeqCst);
+        let (_, replay) = crate::journal::Journal::open(dir.path()).unwrap();
+        assert!(replay.grants.is_empty(), "{:?}", replay.grants);
+        // With the journal working again, the same request is granted once.
+        gw.request_access("alice", ask).unwrap();
+        assert_eq!(gw.grants.list().len(), 1);
     }
 }
