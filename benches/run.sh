@@ -173,11 +173,11 @@ elif [ -f benches/scale.rs ]; then
     scale_cmd=(cargo bench --quiet --bench scale)
     [ "$BENCH_PROFILE" = dev ] && scale_cmd=(cargo test --quiet --bench scale)
     if ! env SCALE_JSON="$scale_json" "${smoke_env[@]}" "${scale_cmd[@]}" >&2; then
-        scale_note="cargo bench --bench scale failed"
+        scale_note="${scale_cmd[*]} failed"
         rm -f "$scale_json"
         bench_log "$scale_note"
     elif [ ! -s "$scale_json" ]; then
-        scale_note="cargo bench --bench scale wrote nothing to SCALE_JSON"
+        scale_note="${scale_cmd[*]} wrote nothing to SCALE_JSON"
         bench_log "$scale_note"
     fi
 else

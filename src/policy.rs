@@ -56,17 +56,28 @@ impl Decision {
             ));
         }
         let allowed = self.sources.as_ref()?;
+        let list = || {
+            allowed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // No source means any address: more than a policy with sources allows.
+        if sources.is_empty() {
+            return Some(format!(
+                "policy {:?} admits {principal} only from {}: a grant without sources would admit any address",
+                self.policy,
+                list()
+            ));
+        }
         let outside = sources
             .iter()
             .find(|s| !allowed.iter().any(|a| a.contains(*s)))?;
         Some(format!(
             "policy {:?} does not let {principal} connect from {outside} (allowed: {})",
             self.policy,
-            allowed
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            list()
         ))
     }
 }

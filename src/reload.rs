@@ -156,13 +156,17 @@ pub fn spawn_listener(
     let name = resource.name().to_string();
     let shared = Arc::new(ArcSwap::from_pointee(resource));
     let stop = gw.shutdown.child_token();
+    // Spawned under the map's lock and entered before it is released: a
+    // connection the loop accepts at once finds its entry (without one it
+    // would be refused, see `tls_state`).
+    let mut listeners = gw.listeners.lock();
     let done = tokio::spawn(crate::server::accept_loop(
         gw.clone(),
         shared.clone(),
         listener,
         stop.clone(),
     ));
-    gw.listeners.lock().insert(
+    listeners.insert(
         name,
         Handle {
             addr,
@@ -274,8 +278,17 @@ fn end_grant(gw: &Gateway, id: &uuid::Uuid, why: String) -> bool {
 pub(crate) fn end_refused_grants(gw: &Gateway, config: &Config, at: SystemTime) -> usize {
     let mut ended = 0;
     for g in gw.grants.list() {
-        let why = if config.user(&g.principal).is_none() {
+        let user = config.user(&g.principal);
+        // A login taken from the user (perhaps given to another) ends
+        // every grant that carries it, break-glass ones too.
+        let lost_login = user.and_then(|u| g.logins.iter().find(|l| !u.logins.contains(l)));
+        let why = if user.is_none() {
             Some(format!("user {} was removed", g.principal))
+        } else if let Some(login) = lost_login {
+            Some(format!(
+                "login {login:?} is no longer one of {}'s logins",
+                g.principal
+            ))
         } else if config.resource(&g.resource).is_none() {
             Some(format!("resource {} was removed", g.resource))
         } else if matches!(g.kind, GrantKind::Request(_)) {

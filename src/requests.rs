@@ -241,6 +241,9 @@ impl RequestTable {
                 "{by} has already approved request {id}"
             )));
         }
+        // Whatever `record` changes (state, the grant it made, a capped
+        // duration, a raised count of approvals) is undone with the approval.
+        let before = r.clone();
         r.approvals.push(Approval {
             by: by.to_string(),
             at: now,
@@ -250,8 +253,7 @@ impl RequestTable {
             r.state = RequestState::Approved;
         }
         if let Err(e) = record(r) {
-            r.state = RequestState::Pending;
-            r.approvals.pop();
+            *r = before;
             return Ok(Err(e));
         }
         Ok(Ok(r.clone()))
@@ -283,13 +285,12 @@ impl RequestTable {
                 r.policy
             )));
         }
+        let before = r.clone();
         r.state = RequestState::Denied;
         r.denied_by = Some(by.to_string());
         r.deny_reason = Some(reason.to_string());
         if let Err(e) = record(r) {
-            r.state = RequestState::Pending;
-            r.denied_by = None;
-            r.deny_reason = None;
+            *r = before;
             return Ok(Err(e));
         }
         Ok(Ok(r.clone()))
@@ -397,13 +398,25 @@ mod tests {
     fn a_failed_final_step_leaves_the_request_pending() {
         let t = RequestTable::new();
         let r = t.create(req(1), ok).unwrap().unwrap();
+        // The final step changed the request (a grant made, the duration
+        // capped, more approvals asked) before it failed.
         let failed = t
-            .approve(&r.id, "carol", "", SystemTime::now(), |_| Err("audit down"))
+            .approve(&r.id, "carol", "", SystemTime::now(), |r| {
+                r.grant_id = Some(Uuid::now_v7());
+                r.duration = Duration::from_secs(60);
+                r.needed = 3;
+                Err("audit down")
+            })
             .unwrap();
         assert_eq!(failed.unwrap_err(), "audit down");
         let again = t.get(&r.id).unwrap();
         assert_eq!(again.state, RequestState::Pending);
         assert!(again.approvals.is_empty());
+        assert_eq!(
+            (again.grant_id, again.duration, again.needed),
+            (r.grant_id, r.duration, r.needed),
+            "all of it undone"
+        );
     }
 
     #[test]

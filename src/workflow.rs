@@ -138,8 +138,13 @@ impl Gateway {
             }
             None => decision.logins.clone(),
         };
-        // The sources (ssh/tcp: the identity) within the policy's networks.
-        if let Some(why) = decision.refuses(principal, &logins, &ask.sources) {
+        // The sources (ssh/tcp: the identity) within the policy's networks;
+        // a database request that names none gets the policy's own.
+        let sources = match (&decision.sources, ask.sources.is_empty()) {
+            (Some(nets), true) => nets.clone(),
+            _ => ask.sources,
+        };
+        if let Some(why) = decision.refuses(principal, &logins, &sources) {
             return Err(OpError::Forbidden(why));
         }
         let req = Request {
@@ -148,7 +153,7 @@ impl Gateway {
             principal: principal.to_string(),
             resource: ask.resource.clone(),
             logins,
-            sources: ask.sources,
+            sources,
             requested: ask.duration,
             duration,
             reason: ask.reason,
@@ -285,6 +290,14 @@ impl Gateway {
                     "the policy no longer allows this request: {why}"
                 )));
             }
+            // More approvals needed now (a reload, a [[policy.when]] rule in
+            // force at this hour) are needed for this request too.
+            if decision.approvals > r.needed {
+                r.needed = decision.approvals;
+                if r.approvals.len() < r.needed as usize {
+                    r.state = RequestState::Pending;
+                }
+            }
             // A max_duration tightened since the request caps it, as it
             // would cap a new one.
             if r.state == RequestState::Approved && r.duration > decision.max_duration.0 {
@@ -343,7 +356,18 @@ impl Gateway {
                 e.actor = Some(by.to_string());
                 e.reason = Some(reason.to_string());
                 self.audit.write(e)?;
-                self.journal_request(r)?;
+                if let Err(err) = self.journal_request(r) {
+                    // The denial is recorded in the audit log but not in the
+                    // journal, and the request is pending again: say so there.
+                    let mut u = request_event("request.denied", r);
+                    u.actor = Some(by.to_string());
+                    u.outcome = Some("undone");
+                    u.reason = Some(
+                        "the denial could not be journaled; the request is pending again".into(),
+                    );
+                    let _ = self.audit.write(u);
+                    return Err(err);
+                }
                 Ok::<(), OpError>(())
             })??;
         crate::metrics::request("denied");
@@ -480,8 +504,10 @@ impl Gateway {
     /// too: otherwise it would stay live, and a retry would make another.
     fn journal_request_or_withdraw(&self, r: &Request) -> Result<(), OpError> {
         let written = self.journal_request(r);
-        if written.is_err() && r.state == RequestState::Approved && r.kind == RequestKind::Access {
-            if let Some(id) = r.grant_id {
+        if written.is_err() && r.state == RequestState::Approved {
+            if let RequestKind::Extension(id) = r.kind {
+                self.undo_extension(r, id);
+            } else if let Some(id) = r.grant_id {
                 let why = "its request could not be journaled; nothing was granted";
                 let mut e = Event::new("grant.revoked");
                 e.grant_id = Some(id);
@@ -497,6 +523,35 @@ impl Gateway {
             }
         }
         written
+    }
+
+    /// Take back the time an extension just added to grant `id` (its
+    /// request could not be journaled, so the API answers that nothing
+    /// changed): the old deadline, journaled and audited, and the grant's
+    /// sessions told to re-read it.
+    fn undo_extension(&self, r: &Request, id: GrantId) {
+        let Some(grant) = self.grants.get(&id) else {
+            return;
+        };
+        let back = grant
+            .expires_at()
+            .checked_sub(r.duration)
+            .unwrap_or_else(SystemTime::now);
+        let mut e = request_event("grant.extended", r);
+        e.grant_id = Some(id);
+        e.expires_at = Some(back);
+        e.actor = Some("jitgate".into());
+        e.reason = Some("undone: its request could not be journaled".into());
+        let _ = self.audit.write(e);
+        let _ = self.journal.append(&Record::GrantExtended {
+            id,
+            expires_at: back,
+        });
+        if self.grants.set_deadline(&id, back) {
+            for s in self.sessions.on_grant(&id) {
+                s.poke();
+            }
+        }
     }
 
     fn journal_request(&self, r: &Request) -> Result<(), OpError> {
@@ -635,7 +690,87 @@ approvals = 0
         let (_, replay) = crate::journal::Journal::open(dir.path()).unwrap();
         assert!(replay.grants.is_empty(), "{:?}", replay.grants);
         // With the journal working again, the same request is granted once.
-        gw.request_access("alice", ask).unwrap();
+        let made = gw.request_access("alice", ask).unwrap();
         assert_eq!(gw.grants.list().len(), 1);
+
+        // An auto-approved extension whose request record fails: the grant
+        // keeps its deadline, in memory and in the journal.
+        let id = made.request.grant_id.unwrap();
+        let deadline = gw.grants.get(&id).unwrap().expires_at();
+        gw.journal.fail_request_writes.store(true, Ordering::SeqCst);
+        let r = gw.extend_grant("alice", id, Duration::from_secs(300), "more");
+        assert!(matches!(r, Err(OpError::Journal(_))), "{r:?}");
+        assert_eq!(gw.grants.get(&id).unwrap().expires_at(), deadline);
+        gw.journal
+            .fail_request_writes
+            .store(false, Ordering::SeqCst);
+        let (_, replay) = crate::journal::Journal::open(dir.path()).unwrap();
+        let ms = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        assert_eq!(ms(replay.grants[0].expires_at), ms(deadline));
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(
+            audit.contains("undone: its request could not be journaled"),
+            "{audit}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_denial_that_cannot_be_journaled_is_undone_in_the_audit_log_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[gateway]
+state_dir = "{}"
+admin_listen = "127.0.0.1:0"
+
+[[resource]]
+name = "pg"
+protocol = "postgres"
+listen = "127.0.0.1:0"
+backend = "127.0.0.1:5432"
+
+[[user]]
+name = "alice"
+token_sha256 = "{}"
+roles = ["requester"]
+logins = ["alice"]
+
+[[user]]
+name = "carol"
+token_sha256 = "{}"
+roles = ["approver"]
+
+[[policy]]
+name = "p"
+principals = ["alice"]
+resources = ["pg"]
+max_duration = "1h"
+approvals = 1
+approvers = ["carol"]
+"#,
+            dir.path().display(),
+            "a".repeat(64),
+            "c".repeat(64)
+        );
+        let gw = Gateway::new(crate::config::parse_str(&text, "t.toml").unwrap()).unwrap();
+        let ask = AccessRequest {
+            resource: "pg".into(),
+            duration: Duration::from_secs(600),
+            reason: "x".into(),
+            logins: None,
+            sources: vec![],
+        };
+        let id = gw.request_access("alice", ask).unwrap().request.id;
+        gw.journal.fail_request_writes.store(true, Ordering::SeqCst);
+        let r = gw.deny_request("carol", id, "no");
+        assert!(matches!(r, Err(OpError::Journal(_))), "{r:?}");
+        assert_eq!(gw.requests.get(&id).unwrap().state, RequestState::Pending);
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        let denials: Vec<&str> = audit
+            .lines()
+            .filter(|l| l.contains("\"request.denied\""))
+            .collect();
+        assert_eq!(denials.len(), 2, "{audit}");
+        assert!(denials[1].contains("\"outcome\":\"undone\""), "{audit}");
     }
 }

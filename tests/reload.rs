@@ -454,3 +454,33 @@ async fn a_connection_whose_listener_entry_is_gone_is_refused_not_served_plainte
         2.0
     );
 }
+
+#[tokio::test]
+async fn a_login_taken_from_a_user_ends_their_break_glass_grants_too() {
+    let (gw, path) = start_with_file(Opts::new("rl-moved")).await;
+    let g = gw.grant("alice", "postgres", Duration::from_secs(600));
+    let alice = connect(&gw.pg_config("postgres")).await.unwrap();
+    // The login moves from alice to bob: alice's grant must not let bob in
+    // as "postgres", recorded as alice.
+    let text = config_text(&Opts::new("rl-moved"), gw.dir.path())
+        .replacen(r#"logins = ["postgres"]"#, r#"logins = ["alice_ro"]"#, 1)
+        .replacen(
+            r#"logins = ["root"]"#,
+            r#"logins = ["root", "postgres"]"#,
+            1,
+        );
+    std::fs::write(&path, text).unwrap();
+    let (st, body) = reload(&gw).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["grants_ended"], 1, "{body}");
+    let end = tokio::time::timeout(Duration::from_secs(5), alice.conn)
+        .await
+        .expect("the session is cut")
+        .unwrap();
+    let text = end.unwrap_err();
+    assert!(
+        text.contains("login \"postgres\" is no longer one of alice's logins"),
+        "{text}"
+    );
+    assert!(gw.running.gateway.grants.get(&g.id).is_none());
+}

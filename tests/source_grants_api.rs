@@ -195,3 +195,50 @@ sources = ["127.0.0.0/8"]
         "{x}"
     );
 }
+
+#[tokio::test]
+async fn a_database_request_under_a_policy_with_sources_gets_them() {
+    let mut o = Opts::new("req-net-pg");
+    o.extra = r#"
+[[policy]]
+name = "auto"
+principals = ["alice"]
+resources = ["req-net-pg"]
+max_duration = "1h"
+approvals = 0
+sources = ["127.0.0.0/8"]
+"#
+    .into();
+    let gw = start(o).await;
+    // Naming no source would mean any address: the policy's networks are
+    // the grant's, not nothing.
+    let ask = json!({"resource": "req-net-pg", "duration": "10m", "reason": "x"});
+    let (status, r) = post_request(&gw, &ask).await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["sources"], json!(["127.0.0.0/8"]), "{r}");
+    let grant = gw
+        .running
+        .gateway
+        .grants
+        .get(&r["grant_id"].as_str().unwrap().parse().unwrap())
+        .unwrap();
+    assert_eq!(grant.sources.len(), 1);
+    // A break-glass grant with no sources is not prolonged by that policy.
+    let g = gw.grant("alice", "postgres", std::time::Duration::from_secs(600));
+    let (status, e) = gw
+        .api(
+            "POST",
+            &format!("/v1/grants/{}/extend", g.id),
+            Some(ALICE_TOKEN),
+            Some(&json!({"by": "10m", "reason": "more"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("a grant without sources would admit any address"),
+        "{e}"
+    );
+}

@@ -445,6 +445,49 @@ async fn a_request_the_policy_no_longer_allows_cannot_be_approved() {
 }
 
 #[tokio::test]
+async fn more_approvals_required_since_the_request_are_required_of_it() {
+    let mut o = Opts::new("wf-more");
+    o.extra = policy("p", "wf-more", 1, r#""carol", "dave""#, "1h");
+    let gw = start(o).await;
+    let path = gw.dir.path().join("jitgate.toml");
+    gw.running.gateway.listeners.set_path(path.clone());
+    let (st, req) = gw
+        .api(
+            "POST",
+            "/v1/requests",
+            Some(ALICE_TOKEN),
+            Some(&json!({"resource": "wf-more", "duration": "10m", "reason": "x"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{req}");
+    assert_eq!(req["approvals_needed"], 1);
+    let id = req["id"].as_str().unwrap().to_string();
+    // During an incident the policy is raised to two approvals.
+    let mut o = Opts::new("wf-more");
+    o.extra = policy("p", "wf-more", 2, r#""carol", "dave""#, "1h");
+    std::fs::write(&path, config_text(&o, gw.dir.path())).unwrap();
+    let (st, body) = gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(st, 200, "{body}");
+    let path = format!("/v1/requests/{id}/approve");
+    let (st, body) = gw
+        .api("POST", &path, Some(CAROL_TOKEN), Some(&json!({})))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        body["state"], "pending",
+        "one approval is not enough now: {body}"
+    );
+    assert_eq!(body["approvals_needed"], 2, "{body}");
+    assert!(denied(&gw).await);
+    let (st, body) = gw
+        .api("POST", &path, Some(DAVE_TOKEN), Some(&json!({})))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["state"], "approved", "{body}");
+    assert!(!denied(&gw).await);
+}
+
+#[tokio::test]
 async fn release_ends_the_holders_sessions_now() {
     let mut o = Opts::new("wf-release");
     o.extra = policy("auto", "wf-release", 0, "", "1h");
