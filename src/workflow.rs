@@ -629,9 +629,9 @@ impl Gateway {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_grant_whose_request_cannot_be_journaled_is_withdrawn() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A gateway with its state in `dir`: resource pg, alice (requester),
+    /// carol (approver), and a policy for alice needing `approvals`.
+    fn gateway(dir: &std::path::Path, approvals: u32) -> Gateway {
         let text = format!(
             r#"
 [gateway]
@@ -650,18 +650,30 @@ token_sha256 = "{}"
 roles = ["requester"]
 logins = ["alice"]
 
+[[user]]
+name = "carol"
+token_sha256 = "{}"
+roles = ["approver"]
+
 [[policy]]
-name = "auto"
+name = "p"
 principals = ["alice"]
 resources = ["pg"]
 max_duration = "1h"
-approvals = 0
+approvals = {approvals}
+approvers = ["carol"]
 "#,
-            dir.path().display(),
-            "a".repeat(64)
+            dir.display(),
+            "a".repeat(64),
+            "c".repeat(64)
         );
-        let config = crate::config::parse_str(&text, "t.toml").unwrap();
-        let gw = Gateway::new(config).unwrap();
+        Gateway::new(crate::config::parse_str(&text, "t.toml").unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_grant_whose_request_cannot_be_journaled_is_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = gateway(dir.path(), 0);
         // The grant's record goes through; the request's, just after, does not.
         gw.journal.fail_request_writes.store(true, Ordering::SeqCst);
         let ask = AccessRequest {
@@ -717,42 +729,7 @@ approvals = 0
     #[tokio::test]
     async fn a_denial_that_cannot_be_journaled_is_undone_in_the_audit_log_too() {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            r#"
-[gateway]
-state_dir = "{}"
-admin_listen = "127.0.0.1:0"
-
-[[resource]]
-name = "pg"
-protocol = "postgres"
-listen = "127.0.0.1:0"
-backend = "127.0.0.1:5432"
-
-[[user]]
-name = "alice"
-token_sha256 = "{}"
-roles = ["requester"]
-logins = ["alice"]
-
-[[user]]
-name = "carol"
-token_sha256 = "{}"
-roles = ["approver"]
-
-[[policy]]
-name = "p"
-principals = ["alice"]
-resources = ["pg"]
-max_duration = "1h"
-approvals = 1
-approvers = ["carol"]
-"#,
-            dir.path().display(),
-            "a".repeat(64),
-            "c".repeat(64)
-        );
-        let gw = Gateway::new(crate::config::parse_str(&text, "t.toml").unwrap()).unwrap();
+        let gw = gateway(dir.path(), 1);
         let ask = AccessRequest {
             resource: "pg".into(),
             duration: Duration::from_secs(600),

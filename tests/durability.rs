@@ -42,6 +42,25 @@ async fn spawn(config: &std::path::Path, admin: SocketAddr) -> Gateway {
     Gateway { child, admin }
 }
 
+/// kill -9 the gateway, then start it again on the same state.
+async fn restart(mut gw: Gateway, config: &std::path::Path) -> Gateway {
+    gw.child.start_kill().unwrap();
+    gw.child.wait().await.unwrap();
+    spawn(config, gw.admin).await
+}
+
+/// carol approves request `id`: status and JSON.
+async fn approve(admin: SocketAddr, id: &str) -> (u16, serde_json::Value) {
+    http(
+        admin,
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        Some(CAROL_TOKEN),
+        Some("{}"),
+    )
+    .await
+}
+
 fn write_config(dir: &std::path::Path, admin: SocketAddr, pg: u16) -> std::path::PathBuf {
     let mut o = Opts::new("dur-pg");
     o.extra = r#"
@@ -171,14 +190,7 @@ async fn acknowledged_grants_survive_kill_9_and_expired_ones_expire_on_start() {
 
     // The pending request came back and can be approved.
     let id = pending["id"].as_str().unwrap();
-    let (st, body) = http(
-        gw2.admin,
-        "POST",
-        &format!("/v1/requests/{id}/approve"),
-        Some(CAROL_TOKEN),
-        Some("{}"),
-    )
-    .await;
+    let (st, body) = approve(gw2.admin, id).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["state"], "approved");
     let grant_id = body["grant_id"]
@@ -189,10 +201,7 @@ async fn acknowledged_grants_survive_kill_9_and_expired_ones_expire_on_start() {
     // The approval itself survives the next kill -9: the request comes back
     // approved with its one grant, and approving it again is refused rather
     // than making a second grant.
-    let mut gw2 = gw2;
-    gw2.child.start_kill().unwrap();
-    gw2.child.wait().await.unwrap();
-    let gw2 = spawn(&config, admin).await;
+    let gw2 = restart(gw2, &config).await;
     let (st, list) = http(gw2.admin, "GET", "/v1/requests", Some(ADMIN_TOKEN), None).await;
     assert_eq!(st, 200, "{list}");
     let back = list
@@ -208,14 +217,7 @@ async fn acknowledged_grants_survive_kill_9_and_expired_ones_expire_on_start() {
         Some(1),
         "{back}"
     );
-    let (st, body) = http(
-        gw2.admin,
-        "POST",
-        &format!("/v1/requests/{id}/approve"),
-        Some(CAROL_TOKEN),
-        Some("{}"),
-    )
-    .await;
+    let (st, body) = approve(gw2.admin, id).await;
     assert_eq!(st, 409, "approved twice after a restart: {body}");
     let (_, grants) = http(gw2.admin, "GET", "/v1/grants", Some(ADMIN_TOKEN), None).await;
     let from_request = grants

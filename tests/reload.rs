@@ -34,6 +34,20 @@ fn pg_at(port: u16) -> tokio_postgres::Config {
     c
 }
 
+/// A reload that must end exactly one grant, whose session (`conn`) must
+/// then be told: the text it was told.
+async fn reload_ends_one(gw: &TestGateway, conn: PgConn) -> String {
+    let (st, body) = reload(gw).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["grants_ended"], 1, "{body}");
+    let end = tokio::time::timeout(Duration::from_secs(5), conn.conn)
+        .await
+        .expect("the session is cut")
+        .unwrap();
+    assert!(conn.client.is_closed());
+    end.unwrap_err()
+}
+
 fn second_resource(name: &str, listen: &str) -> String {
     format!(
         "\n[[resource]]\nname = \"{name}\"\nprotocol = \"postgres\"\nlisten = \"{listen}\"\nbackend = \"{}\"\n",
@@ -300,19 +314,11 @@ async fn a_policy_that_no_longer_allows_a_login_ends_the_grants_that_carry_it() 
 
     // One that no longer does ends the grant, and the session is told.
     write(&path, &gw, &opts(r#"["root"]"#), "");
-    let (st, body) = reload(&gw).await;
-    assert_eq!(st, 200, "{body}");
-    assert_eq!(body["grants_ended"], 1, "{body}");
-    let end = tokio::time::timeout(Duration::from_secs(5), alice.conn)
-        .await
-        .expect("the session is cut")
-        .unwrap();
-    let text = end.unwrap_err();
+    let text = reload_ends_one(&gw, alice).await;
     assert!(
         text.contains("does not let alice use login \"postgres\" on rl-logins any more"),
         "{text}"
     );
-    assert!(alice.client.is_closed());
     let revoked = gw
         .wait_audit("grant.revoked", |e| e["grant_id"] == grant_id.as_str())
         .await;
@@ -470,14 +476,7 @@ async fn a_login_taken_from_a_user_ends_their_break_glass_grants_too() {
             1,
         );
     std::fs::write(&path, text).unwrap();
-    let (st, body) = reload(&gw).await;
-    assert_eq!(st, 200, "{body}");
-    assert_eq!(body["grants_ended"], 1, "{body}");
-    let end = tokio::time::timeout(Duration::from_secs(5), alice.conn)
-        .await
-        .expect("the session is cut")
-        .unwrap();
-    let text = end.unwrap_err();
+    let text = reload_ends_one(&gw, alice).await;
     assert!(
         text.contains("login \"postgres\" is no longer one of alice's logins"),
         "{text}"

@@ -56,6 +56,51 @@ approvers = [{approvers}]
     )
 }
 
+/// Start a gateway for `resource` with `policy`, its config in a file that
+/// `reload_policy` rewrites.
+async fn start_reloadable(resource: &str, policy: String) -> TestGateway {
+    let mut o = Opts::new(resource);
+    o.extra = policy;
+    let gw = start(o).await;
+    let path = gw.dir.path().join("jitgate.toml");
+    gw.running.gateway.listeners.set_path(path);
+    gw
+}
+
+/// Rewrite the config of a `start_reloadable` gateway with `policy`, and
+/// reload it.
+async fn reload_policy(gw: &TestGateway, resource: &str, policy: String) {
+    let mut o = Opts::new(resource);
+    o.extra = policy;
+    std::fs::write(
+        gw.dir.path().join("jitgate.toml"),
+        config_text(&o, gw.dir.path()),
+    )
+    .unwrap();
+    let (st, body) = gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(st, 200, "{body}");
+}
+
+/// alice asks for `resource` for `duration`; the request's JSON.
+async fn alice_requests(gw: &TestGateway, resource: &str, duration: &str) -> Value {
+    let (st, req) = gw
+        .api(
+            "POST",
+            "/v1/requests",
+            Some(ALICE_TOKEN),
+            Some(&json!({"resource": resource, "duration": duration, "reason": "x"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{req}");
+    req
+}
+
+/// `token`'s approval of request `id`: status and JSON.
+async fn approve_as(gw: &TestGateway, token: &str, id: &str) -> (u16, Value) {
+    let path = format!("/v1/requests/{id}/approve");
+    gw.api("POST", &path, Some(token), Some(&json!({}))).await
+}
+
 async fn denied(gw: &TestGateway) -> bool {
     match connect(&gw.pg_config("postgres")).await {
         Ok(_) => false,
@@ -378,47 +423,21 @@ async fn an_extension_is_decided_by_the_policy_as_a_new_request_is() {
 
 #[tokio::test]
 async fn a_request_the_policy_no_longer_allows_cannot_be_approved() {
-    let mut o = Opts::new("wf-stale");
-    o.extra = policy("one", "wf-stale", 1, r#""carol""#, "1h");
-    let gw = start(o).await;
-    let path = gw.dir.path().join("jitgate.toml");
-    gw.running.gateway.listeners.set_path(path.clone());
-    let (st, req) = gw
-        .api(
-            "POST",
-            "/v1/requests",
-            Some(ALICE_TOKEN),
-            Some(&json!({"resource": "wf-stale", "duration": "30m", "reason": "x"})),
+    let one = |max: &str, principals: &str| {
+        policy("one", "wf-stale", 1, r#""carol""#, max).replace(
+            r#"principals = ["alice"]"#,
+            &format!("principals = [{principals}]"),
         )
-        .await;
-    assert_eq!(st, 201, "{req}");
-    let id = req["id"].as_str().unwrap().to_string();
-    let approve = || {
-        let path = format!("/v1/requests/{id}/approve");
-        let gw = &gw;
-        async move {
-            gw.api("POST", &path, Some(CAROL_TOKEN), Some(&json!({})))
-                .await
-        }
     };
+    let gw = start_reloadable("wf-stale", one("1h", r#""alice""#)).await;
+    let req = alice_requests(&gw, "wf-stale", "30m").await;
+    let id = req["id"].as_str().unwrap();
 
-    // The policy is narrowed to 10 minutes: approved, but for 10 minutes.
-    let mut o = Opts::new("wf-stale");
-    o.extra = policy("one", "wf-stale", 1, r#""carol""#, "10m").replace(
-        r#"principals = ["alice"]"#,
-        r#"principals = ["alice", "bob"]"#,
-    );
-    std::fs::write(&path, config_text(&o, gw.dir.path())).unwrap();
-    let (st, body) = gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await;
-    assert_eq!(st, 200, "{body}");
-    // Then alice is taken out of it before carol gets to the request.
-    let mut o = Opts::new("wf-stale");
-    o.extra = policy("one", "wf-stale", 1, r#""carol""#, "10m")
-        .replace(r#"principals = ["alice"]"#, r#"principals = ["bob"]"#);
-    std::fs::write(&path, config_text(&o, gw.dir.path())).unwrap();
-    let (st, body) = gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await;
-    assert_eq!(st, 200, "{body}");
-    let (st, body) = approve().await;
+    // The policy is narrowed to 10 minutes, then alice is taken out of it
+    // before carol gets to the request.
+    reload_policy(&gw, "wf-stale", one("10m", r#""alice", "bob""#)).await;
+    reload_policy(&gw, "wf-stale", one("10m", r#""bob""#)).await;
+    let (st, body) = approve_as(&gw, CAROL_TOKEN, id).await;
     assert_eq!(st, 409, "{body}");
     assert!(
         body["error"]
@@ -432,12 +451,8 @@ async fn a_request_the_policy_no_longer_allows_cannot_be_approved() {
     assert!(denied(&gw).await, "no grant was made");
 
     // Put back (narrowed to 10 minutes): the approval goes through, capped.
-    let mut o = Opts::new("wf-stale");
-    o.extra = policy("one", "wf-stale", 1, r#""carol""#, "10m");
-    std::fs::write(&path, config_text(&o, gw.dir.path())).unwrap();
-    let (st, body) = gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await;
-    assert_eq!(st, 200, "{body}");
-    let (st, body) = approve().await;
+    reload_policy(&gw, "wf-stale", one("10m", r#""alice""#)).await;
+    let (st, body) = approve_as(&gw, CAROL_TOKEN, id).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["state"], "approved", "{body}");
     assert_eq!(body["duration"], "10m", "{body}");
@@ -446,32 +461,14 @@ async fn a_request_the_policy_no_longer_allows_cannot_be_approved() {
 
 #[tokio::test]
 async fn more_approvals_required_since_the_request_are_required_of_it() {
-    let mut o = Opts::new("wf-more");
-    o.extra = policy("p", "wf-more", 1, r#""carol", "dave""#, "1h");
-    let gw = start(o).await;
-    let path = gw.dir.path().join("jitgate.toml");
-    gw.running.gateway.listeners.set_path(path.clone());
-    let (st, req) = gw
-        .api(
-            "POST",
-            "/v1/requests",
-            Some(ALICE_TOKEN),
-            Some(&json!({"resource": "wf-more", "duration": "10m", "reason": "x"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{req}");
+    let needing = |n| policy("p", "wf-more", n, r#""carol", "dave""#, "1h");
+    let gw = start_reloadable("wf-more", needing(1)).await;
+    let req = alice_requests(&gw, "wf-more", "10m").await;
     assert_eq!(req["approvals_needed"], 1);
-    let id = req["id"].as_str().unwrap().to_string();
+    let id = req["id"].as_str().unwrap();
     // During an incident the policy is raised to two approvals.
-    let mut o = Opts::new("wf-more");
-    o.extra = policy("p", "wf-more", 2, r#""carol", "dave""#, "1h");
-    std::fs::write(&path, config_text(&o, gw.dir.path())).unwrap();
-    let (st, body) = gw.api("POST", "/v1/reload", Some(ADMIN_TOKEN), None).await;
-    assert_eq!(st, 200, "{body}");
-    let path = format!("/v1/requests/{id}/approve");
-    let (st, body) = gw
-        .api("POST", &path, Some(CAROL_TOKEN), Some(&json!({})))
-        .await;
+    reload_policy(&gw, "wf-more", needing(2)).await;
+    let (st, body) = approve_as(&gw, CAROL_TOKEN, id).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(
         body["state"], "pending",
@@ -479,9 +476,7 @@ async fn more_approvals_required_since_the_request_are_required_of_it() {
     );
     assert_eq!(body["approvals_needed"], 2, "{body}");
     assert!(denied(&gw).await);
-    let (st, body) = gw
-        .api("POST", &path, Some(DAVE_TOKEN), Some(&json!({})))
-        .await;
+    let (st, body) = approve_as(&gw, DAVE_TOKEN, id).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["state"], "approved", "{body}");
     assert!(!denied(&gw).await);
