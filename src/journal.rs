@@ -112,12 +112,16 @@ pub struct Journal {
     path: PathBuf,
     file: Mutex<File>,
     since_compaction: AtomicUsize,
-    /// Grants ended in memory whose `grant_ended` record could not be
-    /// written (a full or failing disk): written again by
+    /// Records of changes already in force in memory (a grant's end, a new
+    /// deadline) that the disk refused, oldest first: written again by
     /// [`Journal::retry_unwritten`] and applied by every compaction, so a
     /// revoked grant does not come back at the next start once the disk
     /// works again.
-    unwritten_ends: Mutex<Vec<Uuid>>,
+    owed: Mutex<Vec<Record>>,
+    /// Held while owed records are written, by a retry or by a new owed
+    /// record: they reach the file in the order they were made. Lock order:
+    /// `retrying`, then `owed` or the file; the file, then `owed`.
+    retrying: Mutex<()>,
     /// Tests: every write fails while set (a full disk, without one).
     #[cfg(test)]
     pub(crate) fail_writes: std::sync::atomic::AtomicBool,
@@ -191,7 +195,8 @@ impl Journal {
                 path,
                 file: Mutex::new(file),
                 since_compaction: AtomicUsize::new(0),
-                unwritten_ends: Mutex::new(Vec::new()),
+                owed: Mutex::new(Vec::new()),
+                retrying: Mutex::new(()),
                 #[cfg(test)]
                 fail_writes: std::sync::atomic::AtomicBool::new(false),
                 #[cfg(test)]
@@ -314,47 +319,64 @@ impl Journal {
         Ok(())
     }
 
-    /// Record that grant `id` ended (fsynced). When it cannot be written,
-    /// the end is kept to be written again ([`Journal::retry_unwritten`])
-    /// and the error returned: the grant has ended in memory, and must not
-    /// come back from the journal.
+    /// Record that grant `id` ended (fsynced); see [`Journal::append_owed`].
     pub fn append_end(&self, id: Uuid) -> io::Result<()> {
-        let r = self.append(&Record::GrantEnded { id });
+        self.append_owed(Record::GrantEnded { id })
+    }
+
+    /// Append `rec` (fsynced), a change already in force in memory (a
+    /// grant's end, a grant's new deadline). When it cannot be written it is
+    /// owed: kept, written again by [`Journal::retry_unwritten`] and applied
+    /// by compaction, and the error returned. While older records are owed
+    /// a new one waits behind them: written first, it could be undone by an
+    /// older one written later.
+    pub fn append_owed(&self, rec: Record) -> io::Result<()> {
+        let _turn = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            if !owed.is_empty() {
+                owed.push(rec);
+                return Err(io::Error::other(
+                    "older journal records are still unwritten",
+                ));
+            }
+        }
+        let r = self.append(&rec);
         if r.is_err() {
-            self.unwritten_ends
+            self.owed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(id);
+                .push(rec);
         }
         r
     }
 
-    /// Write the ends that could not be written before; how many are
-    /// still unwritten.
+    /// Write the records owed, oldest first, up to the first that still
+    /// fails; how many are still owed.
     pub fn retry_unwritten(&self) -> usize {
-        let pending = std::mem::take(
-            &mut *self
-                .unwritten_ends
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let _turn = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
         if pending.is_empty() {
             return 0;
         }
-        let mut left = Vec::new();
-        for id in pending {
-            if self.append(&Record::GrantEnded { id }).is_err() {
-                left.push(id);
+        let mut left = pending.into_iter().peekable();
+        while let Some(rec) = left.peek() {
+            if self.append(rec).is_err() {
+                break;
             }
+            left.next();
         }
-        let n = left.len();
+        let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        // A compaction may have applied (and dropped) some meanwhile: only
+        // what it has not taken goes back, in front of nothing newer (new
+        // records wait for this turn).
+        let mut back: Vec<Record> = left.collect();
+        back.append(&mut owed);
+        *owed = back;
+        let n = owed.len();
         if n == 0 {
-            tracing::info!(path = %self.path.display(), "journal caught up: every grant's end is written");
+            tracing::info!(path = %self.path.display(), "journal caught up: every owed record is written");
         }
-        self.unwritten_ends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(left);
         n
     }
 
@@ -373,12 +395,18 @@ impl Journal {
     pub fn compact_in_place(&self, forget_before: SystemTime) -> Result<(), JournalError> {
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = Self::replay(&self.path, &mut f)?;
-        let unwritten: Vec<Uuid> = self
-            .unwritten_ends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        state.grants.retain(|g| !unwritten.contains(&g.id));
+        let owed: Vec<Record> = self.owed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for rec in &owed {
+            match rec {
+                Record::GrantEnded { id } => state.grants.retain(|g| g.id != *id),
+                Record::GrantExtended { id, expires_at } => {
+                    if let Some(g) = state.grants.iter_mut().find(|g| g.id == *id) {
+                        g.expires_at = *expires_at;
+                    }
+                }
+                Record::Grant(_) | Record::Request(_) => {}
+            }
+        }
         state.requests.retain(|r| {
             r.state == crate::requests::RequestState::Pending
                 || r.expires_at >= forget_before
@@ -390,11 +418,10 @@ impl Journal {
         };
         let out = snapshot(&state.grants, &state.requests).map_err(io_err)?;
         self.replace(&mut f, &out).map_err(io_err)?;
-        // The ends applied are in the new file now (by the grants' absence).
-        self.unwritten_ends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|id| !unwritten.contains(id));
+        // The records applied are in the new file now; any owed since stay.
+        let mut now_owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        let applied = owed.len().min(now_owed.len());
+        now_owed.drain(..applied);
         Ok(())
     }
 
@@ -405,10 +432,7 @@ impl Journal {
         let out = snapshot(grants, requests)?;
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         self.replace(&mut f, &out)?;
-        self.unwritten_ends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.owed.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
     }
 
@@ -740,5 +764,57 @@ mod tests {
         drop(j);
         let (_, r) = Journal::open(dir.path()).unwrap();
         assert!(r.grants.is_empty(), "{:?}", r.grants);
+    }
+
+    #[test]
+    fn owed_deadlines_reach_the_file_in_the_order_they_were_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let a = grant(1);
+        j.append(&Record::Grant(a.clone())).unwrap();
+        let (t1, t2) = (
+            a.expires_at + Duration::from_secs(60),
+            a.expires_at - Duration::from_secs(30),
+        );
+        let ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        };
+        j.fail_writes.store(true, Ordering::SeqCst);
+        assert!(j
+            .append_owed(Record::GrantExtended {
+                id: a.id,
+                expires_at: t1
+            })
+            .is_err());
+        j.fail_writes.store(false, Ordering::SeqCst);
+        // The disk works again, but the newer deadline waits behind the
+        // older one: written first, it would be overwritten by it.
+        assert!(j
+            .append_owed(Record::GrantExtended {
+                id: a.id,
+                expires_at: t2
+            })
+            .is_err());
+        assert_eq!(j.retry_unwritten(), 0);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ms(r.grants[0].expires_at), ms(t2));
+        // Owed when a compaction runs: applied by it, in order.
+        j.fail_writes.store(true, Ordering::SeqCst);
+        let _ = j.append_owed(Record::GrantExtended {
+            id: a.id,
+            expires_at: t1,
+        });
+        let _ = j.append_owed(Record::GrantExtended {
+            id: a.id,
+            expires_at: t2,
+        });
+        j.fail_writes.store(false, Ordering::SeqCst);
+        j.compact_in_place(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(j.retry_unwritten(), 0);
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ms(r.grants[0].expires_at), ms(t2));
     }
 }

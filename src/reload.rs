@@ -12,9 +12,12 @@
 //! - changed `idle_timeout`/`max_session` apply to live sessions at once
 //!   (their enforcers are poked to re-arm); other resource settings apply to
 //!   new connections;
-//! - a removed user's grants are revoked;
-//! - a policy that no longer allows a request grant ends it; a tightened
-//!   `max_duration` cuts request grants longer than it (from their creation);
+//! - a removed user's grants are revoked, and so are the grants that carry
+//!   a login taken from their user;
+//! - a policy that no longer allows a request grant (its principal, one of
+//!   its logins or sources, or no sources under a policy with `sources`)
+//!   ends it; a tightened `max_duration` cuts request grants longer than it
+//!   (from their creation);
 //! - unchanged resources and their sessions are untouched.
 //!
 //! `state_dir`, `admin_listen`, `admin_max_connections`, `worker_threads`,
@@ -270,11 +273,13 @@ fn end_grant(gw: &Gateway, id: &uuid::Uuid, why: String) -> bool {
 }
 
 /// End the grants `config` no longer allows, and say how many ended: those
-/// whose principal is no longer a user or whose resource is gone, and
-/// request grants whose policy no longer lets their holder use the resource,
-/// one of their logins or one of their sources. A reload runs it on the new configuration; the
-/// start runs it on the grants read back from the journal, so a change made
-/// while jitgate was down takes effect as a reload's would.
+/// whose principal is no longer a user, that carry a login no longer among
+/// the user's, or whose resource is gone, and request grants whose policy
+/// no longer lets their holder use the resource, one of their logins or
+/// one of their sources (or none, under a policy with `sources`). A reload
+/// runs it on the new configuration; the start runs it on the grants read
+/// back from the journal, so a change made while jitgate was down takes
+/// effect as a reload's would.
 pub(crate) fn end_refused_grants(gw: &Gateway, config: &Config, at: SystemTime) -> usize {
     let mut ended = 0;
     for g in gw.grants.list() {
@@ -482,7 +487,7 @@ pub async fn apply(gw: &Arc<Gateway>, new: Config) -> Result<Summary, ReloadErro
             .map_or(true, |b| d.max_duration < b.max_duration);
         let cut = g.created_at + d.max_duration.0;
         if tighter && cut < g.expires_at() {
-            let _ = gw.journal.append(&Record::GrantExtended {
+            let _ = gw.journal.append_owed(Record::GrantExtended {
                 id: g.id,
                 expires_at: cut,
             });

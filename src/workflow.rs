@@ -292,8 +292,12 @@ impl Gateway {
             }
             // More approvals needed now (a reload, a [[policy.when]] rule in
             // force at this hour) are needed for this request too.
+            // So may the approvers it names now: without them a request
+            // needing more approvals than its old approvers can give would
+            // wait, unapprovable, until it expires.
             if decision.approvals > r.needed {
                 r.needed = decision.approvals;
+                r.approvers.extend(decision.approvers.iter().cloned());
                 if r.approvals.len() < r.needed as usize {
                     r.state = RequestState::Pending;
                 }
@@ -312,14 +316,25 @@ impl Gateway {
                 "partial"
             });
             self.audit.write(e)?;
-            if r.state == RequestState::Approved {
-                self.grant_for(r)?;
+            let rest = (|| {
+                if r.state == RequestState::Approved {
+                    self.grant_for(r)?;
+                }
+                // Every approval, partial or final, is journaled before the
+                // answer: after a restart the request is as approved as it
+                // was, and cannot be approved into a second grant.
+                self.journal_request_or_withdraw(r)
+            })();
+            if rest.is_err() {
+                // The approval is in the audit log but taken back: say so.
+                let mut u = request_event("request.approved", r);
+                u.actor = Some(by.to_string());
+                u.outcome = Some("undone");
+                u.reason =
+                    Some("the approval could not be recorded; the request is as it was".into());
+                let _ = self.audit.write(u);
             }
-            // Every approval, partial or final, is journaled before the
-            // answer: after a restart the request is as approved as it
-            // was, and cannot be approved into a second grant.
-            self.journal_request_or_withdraw(r)?;
-            Ok::<(), OpError>(())
+            rest
         })??;
         if r.state == RequestState::Approved {
             crate::metrics::request("approved");
@@ -541,9 +556,12 @@ impl Gateway {
         e.grant_id = Some(id);
         e.expires_at = Some(back);
         e.actor = Some("jitgate".into());
+        e.outcome = Some("undone");
         e.reason = Some("undone: its request could not be journaled".into());
         let _ = self.audit.write(e);
-        let _ = self.journal.append(&Record::GrantExtended {
+        // Owed if the disk refuses it too: the journal must not keep an
+        // extension the API said was never made.
+        let _ = self.journal.append_owed(Record::GrantExtended {
             id,
             expires_at: back,
         });

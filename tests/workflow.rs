@@ -461,7 +461,15 @@ async fn a_request_the_policy_no_longer_allows_cannot_be_approved() {
 
 #[tokio::test]
 async fn more_approvals_required_since_the_request_are_required_of_it() {
-    let needing = |n| policy("p", "wf-more", n, r#""carol", "dave""#, "1h");
+    // One approval from carol at first; two, from carol and dave, after.
+    let needing = |n| {
+        let approvers = if n == 1 {
+            r#""carol""#
+        } else {
+            r#""carol", "dave""#
+        };
+        policy("p", "wf-more", n, approvers, "1h")
+    };
     let gw = start_reloadable("wf-more", needing(1)).await;
     let req = alice_requests(&gw, "wf-more", "10m").await;
     assert_eq!(req["approvals_needed"], 1);
