@@ -259,17 +259,29 @@ fn reject(gw: &Gateway, path: &Path, why: &str) {
 
 /// End a grant because of the reload.
 fn end_grant(gw: &Gateway, id: &uuid::Uuid, why: String) -> bool {
+    withdraw_grant(gw, id, "config", why)
+}
+
+/// End a grant that no one revoked but jitgate itself (`actor`: `config`
+/// for a configuration that no longer allows it, `jitgate` for a grant
+/// whose request could not be recorded): audited as `grant.revoked`, its
+/// end journaled (owed if the disk refuses it), its sessions closed with
+/// reason `config`. Whether it was still there.
+pub(crate) fn withdraw_grant(gw: &Gateway, id: &uuid::Uuid, actor: &str, why: String) -> bool {
     let mut e = Event::new("grant.revoked");
     e.grant_id = Some(*id);
-    e.actor = Some("config".into());
+    e.actor = Some(actor.into());
     e.reason = Some(why.clone());
     if let Some(g) = gw.grants.get(id) {
         e.principal = Some(g.principal.clone());
         e.resource = Some(g.resource.clone());
+        e.request_id = g.kind.request_id();
     }
     let _ = gw.audit.write(e);
     let _ = gw.journal.append_end(*id);
-    gw.grants.remove(id, EndReason::Config(why)).is_some()
+    let ended = gw.grants.remove(id, EndReason::Config(why)).is_some();
+    m::grants_active(gw.grants.len());
+    ended
 }
 
 /// End the grants `config` no longer allows, and say how many ended: those

@@ -108,7 +108,7 @@ impl Gateway {
                 decision.policy
             ));
         }
-        let protocol = self.config().resource(&ask.resource).map(|r| r.protocol());
+        let protocol = config.resource(&ask.resource).map(|r| r.protocol());
         let logins = match ask.logins {
             // ssh/tcp streams carry no login: the source address is the identity.
             _ if protocol.is_some_and(|p| p.identifies_by_source()) => {
@@ -163,7 +163,7 @@ impl Gateway {
             approvals: Vec::new(),
             state: RequestState::Pending,
             created_at: now,
-            expires_at: now + self.config().gateway.request_ttl.0,
+            expires_at: now + config.gateway.request_ttl.0,
             denied_by: None,
             deny_reason: None,
             grant_id: None,
@@ -291,10 +291,9 @@ impl Gateway {
                 )));
             }
             // More approvals needed now (a reload, a [[policy.when]] rule in
-            // force at this hour) are needed for this request too.
-            // So may the approvers it names now: without them a request
-            // needing more approvals than its old approvers can give would
-            // wait, unapprovable, until it expires.
+            // force at this hour) are needed of this request too, from the
+            // approvers the policy names now as well: with only its old
+            // ones it could wait, unapprovable, until it expired.
             if decision.approvals > r.needed {
                 r.needed = decision.approvals;
                 r.approvers.extend(decision.approvers.iter().cloned());
@@ -326,13 +325,12 @@ impl Gateway {
                 self.journal_request_or_withdraw(r)
             })();
             if rest.is_err() {
-                // The approval is in the audit log but taken back: say so.
-                let mut u = request_event("request.approved", r);
-                u.actor = Some(by.to_string());
-                u.outcome = Some("undone");
-                u.reason =
-                    Some("the approval could not be recorded; the request is as it was".into());
-                let _ = self.audit.write(u);
+                self.audit_undone(
+                    "request.approved",
+                    r,
+                    by,
+                    "the approval could not be recorded; the request is as it was",
+                );
             }
             rest
         })??;
@@ -371,19 +369,16 @@ impl Gateway {
                 e.actor = Some(by.to_string());
                 e.reason = Some(reason.to_string());
                 self.audit.write(e)?;
-                if let Err(err) = self.journal_request(r) {
-                    // The denial is recorded in the audit log but not in the
-                    // journal, and the request is pending again: say so there.
-                    let mut u = request_event("request.denied", r);
-                    u.actor = Some(by.to_string());
-                    u.outcome = Some("undone");
-                    u.reason = Some(
-                        "the denial could not be journaled; the request is pending again".into(),
+                let written = self.journal_request(r);
+                if written.is_err() {
+                    self.audit_undone(
+                        "request.denied",
+                        r,
+                        by,
+                        "the denial could not be journaled; the request is pending again",
                     );
-                    let _ = self.audit.write(u);
-                    return Err(err);
                 }
-                Ok::<(), OpError>(())
+                written
             })??;
         crate::metrics::request("denied");
         self.update_pending_gauge();
@@ -523,18 +518,12 @@ impl Gateway {
             if let RequestKind::Extension(id) = r.kind {
                 self.undo_extension(r, id);
             } else if let Some(id) = r.grant_id {
-                let why = "its request could not be journaled; nothing was granted";
-                let mut e = Event::new("grant.revoked");
-                e.grant_id = Some(id);
-                e.request_id = Some(r.id);
-                e.principal = Some(r.principal.clone());
-                e.resource = Some(r.resource.clone());
-                e.actor = Some("jitgate".into());
-                e.reason = Some(why.into());
-                let _ = self.audit.write(e);
-                self.grants.remove(&id, EndReason::Config(why.into()));
-                let _ = self.journal.append_end(id);
-                crate::metrics::grants_active(self.grants.len());
+                crate::reload::withdraw_grant(
+                    self,
+                    &id,
+                    "jitgate",
+                    "its request could not be journaled; nothing was granted".into(),
+                );
             }
         }
         written
@@ -570,6 +559,17 @@ impl Gateway {
                 s.poke();
             }
         }
+    }
+
+    /// A review already in the audit log (`event` by `by`) was taken back
+    /// because it could not be recorded: a second record of it, `outcome`
+    /// undone, says so.
+    fn audit_undone(&self, event: &'static str, r: &Request, by: &str, why: &str) {
+        let mut u = request_event(event, r);
+        u.actor = Some(by.to_string());
+        u.outcome = Some("undone");
+        u.reason = Some(why.into());
+        let _ = self.audit.write(u);
     }
 
     fn journal_request(&self, r: &Request) -> Result<(), OpError> {
@@ -688,20 +688,24 @@ approvers = ["carol"]
         Gateway::new(crate::config::parse_str(&text, "t.toml").unwrap()).unwrap()
     }
 
+    /// alice asks for pg for ten minutes.
+    fn ask() -> AccessRequest {
+        AccessRequest {
+            resource: "pg".into(),
+            duration: Duration::from_secs(600),
+            reason: "x".into(),
+            logins: None,
+            sources: vec![],
+        }
+    }
+
     #[tokio::test]
     async fn a_grant_whose_request_cannot_be_journaled_is_withdrawn() {
         let dir = tempfile::tempdir().unwrap();
         let gw = gateway(dir.path(), 0);
         // The grant's record goes through; the request's, just after, does not.
         gw.journal.fail_request_writes.store(true, Ordering::SeqCst);
-        let ask = AccessRequest {
-            resource: "pg".into(),
-            duration: Duration::from_secs(600),
-            reason: "x".into(),
-            logins: None,
-            sources: vec![],
-        };
-        let r = gw.request_access("alice", ask.clone());
+        let r = gw.request_access("alice", ask());
         assert!(matches!(r, Err(OpError::Journal(_))), "{r:?}");
         // "Nothing was changed": no request, and no grant left behind.
         assert!(gw.requests.list().is_empty());
@@ -720,7 +724,7 @@ approvers = ["carol"]
         let (_, replay) = crate::journal::Journal::open(dir.path()).unwrap();
         assert!(replay.grants.is_empty(), "{:?}", replay.grants);
         // With the journal working again, the same request is granted once.
-        let made = gw.request_access("alice", ask).unwrap();
+        let made = gw.request_access("alice", ask()).unwrap();
         assert_eq!(gw.grants.list().len(), 1);
 
         // An auto-approved extension whose request record fails: the grant
@@ -748,14 +752,7 @@ approvers = ["carol"]
     async fn a_denial_that_cannot_be_journaled_is_undone_in_the_audit_log_too() {
         let dir = tempfile::tempdir().unwrap();
         let gw = gateway(dir.path(), 1);
-        let ask = AccessRequest {
-            resource: "pg".into(),
-            duration: Duration::from_secs(600),
-            reason: "x".into(),
-            logins: None,
-            sources: vec![],
-        };
-        let id = gw.request_access("alice", ask).unwrap().request.id;
+        let id = gw.request_access("alice", ask()).unwrap().request.id;
         gw.journal.fail_request_writes.store(true, Ordering::SeqCst);
         let r = gw.deny_request("carol", id, "no");
         assert!(matches!(r, Err(OpError::Journal(_))), "{r:?}");
